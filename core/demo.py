@@ -1,0 +1,131 @@
+"""Demo workspaces built from the real data in ``../shared/data``.
+
+- ``alpaca``: 9,229 random Stanford Alpaca rows with Claude's real rating ``claude_ge_4_5``
+  (the default; ready in a few minutes on 2 cores);
+- ``mixed``: every file of the data folder together (about 35,800 rows from five public
+  instruction sets) with a ``source`` column: the kind of pool IFD and DS2 were made for.
+
+Precomputed demo scores shipped in the repository (``demo/<name>/scores``) are copied into
+a new demo workspace, so its first map can be coloured by them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .errors import InputError
+from .progress import Progress, report
+from .workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+DEMOS = {
+    "alpaca": {"files": ["alpaca_random_9k.jsonl.gz"], "folder": "demo-alpaca",
+               "title": "Alpaca 9k (real Claude ratings)"},
+    "mixed": {"files": None, "folder": "demo-mixed",
+              "title": "Mixed pool (five public instruction sets)"},
+}
+LICENCE = ("Alpaca-derived data is for non-commercial research (CC BY-NC 4.0); other sources "
+           "carry their own licences (see shared/data/README.md).")
+
+
+def data_dir() -> Path:
+    """Where the real demo data lives: $CHERRYPICK_DATA, else ../shared/data next to the repo."""
+    return Path(os.environ.get("CHERRYPICK_DATA", REPO.parent / "shared" / "data"))
+
+
+def workspaces_dir() -> Path:
+    """Where workspaces live by default: $CHERRYPICK_HOME, else ./workspaces in the repo."""
+    return Path(os.environ.get("CHERRYPICK_HOME", REPO / "workspaces"))
+
+
+def demo_available(name: str = "alpaca") -> bool:
+    files = DEMOS[name]["files"]
+    folder = data_dir()
+    if files is None:
+        return folder.is_dir() and any(folder.glob("*.jsonl.gz"))
+    return all((folder / f).is_file() for f in files)
+
+
+def demo_path(name: str = "alpaca") -> Path:
+    return workspaces_dir() / DEMOS[name]["folder"]
+
+
+def build_demo(name: str = "alpaca", progress: Progress | None = None,
+               root: str | Path | None = None) -> Workspace:
+    """Import, embed, link neighbours and map a demo dataset; every step resumes if killed.
+
+    ``progress(done, total, note)`` receives the overall step count and the inner step's
+    progress in its note.
+    """
+    from .embed import run_embed
+    from .knn import run_neighbors
+    from .maps import run_map
+    from .pipeline import import_to_workspace
+
+    if name not in DEMOS:
+        raise InputError(f"unknown demo '{name}'; choose one of {', '.join(DEMOS)}")
+    if not demo_available(name):
+        raise InputError(f"the demo data is not there ({data_dir()}); set CHERRYPICK_DATA to "
+                         "the folder holding the shared data files, or import your own file")
+    root = Path(root) if root is not None else demo_path(name)
+    spec = DEMOS[name]
+    paths = [data_dir() / f for f in spec["files"]] if spec["files"] else [data_dir()]
+    steps = ["import", "embed", "neighbours", "map"]
+
+    def inner(step: int):
+        def cb(done: int, total: int, note: str = "") -> None:
+            frac = done / total if total else 1.0
+            report(progress, step * 1000 + int(frac * 1000), len(steps) * 1000,
+                   f"{steps[step]} {done:,}/{total:,}" + (f" {note}" if note else ""))
+        return cb
+
+    report(progress, 0, len(steps) * 1000, "import")
+    if Path(root, "manifest.json").exists():
+        ws = Workspace.open(root)
+    else:
+        ws, _ = import_to_workspace(paths, root)
+        _copy_demo_scores(name, ws)
+    run_embed(ws, progress=inner(1))
+    run_neighbors(ws, progress=inner(2))
+    run_map(ws, progress=inner(3))
+    report(progress, len(steps) * 1000, len(steps) * 1000, "ready")
+    return ws
+
+
+def _copy_demo_scores(name: str, ws: Workspace) -> None:
+    """Copy precomputed score files shipped with the repo, when they match these samples."""
+    from . import atomic
+
+    shipped = REPO / "demo" / DEMOS[name]["folder"] / "scores"
+    if not shipped.is_dir():
+        return
+    for meta_path in sorted(shipped.glob("*.json")):
+        meta = atomic.read_json(meta_path)
+        if meta.get("inputs", {}).get("samples") != ws.samples_fingerprint():
+            continue  # computed on other samples: do not pretend it belongs here
+        data = meta_path.with_suffix(".parquet")
+        if data.exists():
+            dest = ws.path("scores")
+            dest.mkdir(exist_ok=True)
+            shutil.copyfile(data, dest / data.name)
+            shutil.copyfile(meta_path, dest / meta_path.name)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("demo", help="build a demo workspace from ../shared/data",
+                       description="Build (or finish building) a demo workspace: import, "
+                                   "embed, neighbours, map. Resumes where it stopped.")
+    p.add_argument("name", nargs="?", default="alpaca", choices=sorted(DEMOS))
+    p.add_argument("--workspace", help="folder (default: workspaces/demo-<name>)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from .progress import TqdmProgress
+
+    with TqdmProgress(desc=f"demo {args.name}", unit="‰") as bar:
+        ws = build_demo(args.name, progress=bar, root=args.workspace)
+    print(f"demo workspace ready: {ws.root} ({len(ws):,} samples)")
+    return 0
