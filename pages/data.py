@@ -1,0 +1,372 @@
+"""Data: import a file into a workspace, then run each step (embeddings → neighbours → map,
+IFD / r-IFD, RECOST, DS2), each with a progress bar and a Cancel button.
+
+Every step is resumable: the engine keeps finished chunks, so after a reload or a cancel,
+running the step again continues where it stopped. A finished step shows the parameters it
+ran with (from its sidecar) and can be rerun.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from components import state
+from core.errors import InputError
+
+IMPORT_TYPES = ["json", "jsonl", "gz", "csv", "tsv", "parquet", "pq"]
+CPU_IFD_ROWS_PER_S = 3.0  # SmolLM2-135M on 2 CPU cores, max_length 512 (measured)
+LAST_IMPORT = "data_last_import"
+LM_CHUNK = 64  # rows per resumable chunk for the LM steps
+
+
+# ----- import -------------------------------------------------------------------------------
+def import_section() -> None:
+    from core.demo import workspaces_dir
+    from core.io import FORMATS, parse_mapping, read_datasets
+    from core.pipeline import import_to_workspace
+
+    st.subheader("Import a file")
+    how = st.radio("Source", ["Upload", "Path on this machine"], horizontal=True,
+                   key="data_source", label_visibility="collapsed")
+    path: Path | None = None
+    if how == "Upload":
+        upload = st.file_uploader("Alpaca JSON/JSONL, ShareGPT, OpenAI messages, CSV or "
+                                  "Parquet (optionally .gz)", type=IMPORT_TYPES,
+                                  key="data_upload")
+        if upload is not None:
+            folder = workspaces_dir() / "_uploads"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / Path(upload.name).name
+            if not path.exists() or path.stat().st_size != upload.size:
+                from core.atomic import write_bytes
+
+                write_bytes(path, bytes(upload.getbuffer()))
+    else:
+        text = st.text_input("File or folder path", key="data_path",
+                             placeholder="/data/my_dataset.jsonl.gz")
+        path = Path(text).expanduser() if text.strip() else None
+
+    c1, c2, c3 = st.columns(3)
+    fmt = c1.selectbox("Format", ["auto", *FORMATS], key="data_format")
+    mapping_text = c2.text_input("Column mapping", key="data_mapping",
+                                 placeholder="instruction=prompt,output=completion",
+                                 help="For CSV/Parquet or other field names")
+    limit = c3.number_input("Only the first N rows (0 = all)", min_value=0, value=0, step=100,
+                            key="data_limit")
+    c4, c5, c6 = st.columns(3)
+    skip_invalid = c4.checkbox("Skip invalid rows", key="data_skip_invalid",
+                               help="Import the valid rows and list the skipped ones")
+    default_name = _workspace_name(path) if path else ""
+    name = c5.text_input("Workspace name", value=default_name, key=f"data_ws_{default_name}")
+    overwrite = c6.checkbox("Replace an existing workspace", key="data_overwrite")
+
+    if path is None:
+        return
+    try:
+        options = {"format": None if fmt == "auto" else fmt,
+                   "mapping": parse_mapping(mapping_text), "skip_invalid": skip_invalid,
+                   "limit": int(limit) or None}
+    except InputError as err:
+        st.error(str(err))
+        return
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Check", key="data_check"):
+        try:
+            result = read_datasets([path], **options)
+        except InputError as err:
+            st.error(str(err))
+        else:
+            st.session_state[LAST_IMPORT] = _summary(result, None)
+    if b2.button("Import", type="primary", key="data_import", disabled=not name):
+        root = workspaces_dir() / _safe_name(name)
+        try:
+            with st.spinner("Reading and normalising…"):
+                ws, result = import_to_workspace([path], root, overwrite=overwrite, **options)
+        except InputError as err:
+            st.error(str(err))
+        else:
+            state.set_workspace(ws.root)
+            st.session_state[LAST_IMPORT] = _summary(result, str(ws.root))
+            st.rerun()
+
+
+def _workspace_name(path: Path) -> str:
+    stem = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return _safe_name(stem)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "workspace"
+
+
+def _summary(result, root: str | None) -> dict:
+    return {"root": root, "imported": len(result.samples), "format": result.format,
+            "skipped": result.skipped, "warnings": result.warnings, "notes": result.notes}
+
+
+def show_import_result(summary: dict | None) -> None:
+    """What the last check/import found: counts, skipped rows (row, field, reason),
+    warnings and notes; all shown as data, never as markdown."""
+    if not summary:
+        return
+    where = f" into {Path(summary['root']).name}" if summary["root"] else " (checked only)"
+    st.success(f"{summary['imported']:,} rows ({summary['format']}){where}; "
+               f"{len(summary['skipped']):,} skipped, {len(summary['warnings']):,} warnings")
+    if summary["skipped"]:
+        st.text("Skipped rows")
+        st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True, height=200)
+    if summary["warnings"]:
+        st.text("Warnings")
+        st.dataframe(pd.DataFrame(summary["warnings"]), hide_index=True, height=200)
+    for note in summary["notes"]:
+        st.text(note)
+
+
+# ----- steps --------------------------------------------------------------------------------
+def _force() -> bool:
+    """Recompute even when the sidecar says the result is up to date."""
+    return bool(st.session_state.get("data_force"))
+
+
+def step_box(title: str, meta: dict | None, ready: bool = True, why: str = "",
+             status: bool = True):
+    """A bordered box with the step's status line (what it ran with, or why it cannot run
+    yet); returns the container."""
+    box = st.container(border=True)
+    box.markdown(f"**{title}**")
+    if not ready:
+        box.caption(why)
+    elif status:
+        box.caption(state.step_done_message("", meta))
+    return box
+
+
+def base_steps(ws) -> None:
+    from core.workspace import EMBEDDINGS, KNN, MAP
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        box = step_box("Embeddings", ws.meta(EMBEDDINGS) if ws.exists(EMBEDDINGS) else None)
+        recipe = box.selectbox("Text", ["full", "instruction"], key="embed_recipe",
+                               help="full = instruction + input + output (DS2); "
+                                    "instruction = instruction + input (RECOST retrieval)")
+        if box.button("Run embeddings", key="run_embed"):
+            from core.embed import run_embed
+
+            with box:
+                if state.run_step("Embeddings", "embed", run_embed, ws=ws, recipe=recipe,
+                                  force=_force()):
+                    st.rerun()
+    with c2:
+        box = step_box("Neighbours", ws.meta(KNN) if ws.exists(KNN) else None,
+                       ws.exists(EMBEDDINGS), "needs embeddings")
+        k = box.number_input("k", 2, 100, 10, key="knn_k")
+        if box.button("Run neighbours", key="run_knn", disabled=not ws.exists(EMBEDDINGS)):
+            from core.knn import run_neighbors
+
+            with box:
+                if state.run_step("Neighbours", "knn", run_neighbors, ws=ws, k=int(k),
+                                  force=_force()):
+                    st.rerun()
+    with c3:
+        box = step_box("Map", ws.meta(MAP) if ws.exists(MAP) else None, ws.exists(KNN),
+                       "needs neighbours")
+        seed = box.number_input("Seed", 0, 2**31 - 1, 0, key="map_seed")
+        if box.button("Run map", key="run_map", disabled=not ws.exists(KNN)):
+            from core.maps import run_map
+
+            with box:
+                if state.run_step("Map", "map", run_map, ws=ws, seed=int(seed),
+                                  force=_force()):
+                    st.rerun()
+
+
+def ifd_step(ws) -> None:
+    from core.ifd import TEMPLATES
+
+    box = step_box("IFD / r-IFD (SmolLM2-135M)", ws.score_meta("ifd"))
+    if ws.score_meta("rifd"):
+        box.caption(state.step_done_message("r-IFD", ws.score_meta("rifd")))
+    n = len(ws)
+    c1, c2, c3, c4 = box.columns(4)
+    size = c1.number_input("Samples to score", 1, n, min(n, 300), step=50, key="ifd_size",
+                           help="A random sample (seed 0); a larger size later extends it")
+    max_length = c2.number_input("Max tokens", 32, 4096, 512, step=64, key="ifd_max_length")
+    template = c3.selectbox("Prompt template", TEMPLATES, key="ifd_template",
+                            help="none = plain text (default); alpaca = the Alpaca prompt; "
+                                 "chat = the model's chat template")
+    reverse = c4.checkbox("Also r-IFD", key="ifd_reverse",
+                          help="Reverse IFD (Selective Reflection-Tuning): about twice the time")
+    rate, where = next((r, w) for r, w in (
+        (st.session_state.get("ifd_rate"), "measured just now"),
+        (_measured_ifd_rate(ws), "from the last run"),
+        (CPU_IFD_ROWS_PER_S, "typical on 2 CPU cores")) if r)
+    seconds = int(size) / rate * (2 if reverse else 1)
+    box.caption(f"Estimated time: about {state.format_seconds(seconds)} at {rate:.1f} rows/s "
+                f"({where}). Already scored rows are skipped.")
+    ids = _sample_ids(ws, int(size))
+    # small chunks: a cancel or a reload loses at most one chunk (~20 s on CPU)
+    kwargs = dict(ws=ws, template=template, max_length=int(max_length), chunk_size=LM_CHUNK)
+    b1, b2 = box.columns(2)
+    if b1.button("Measure speed on 4 rows", key="ifd_measure"):
+        from core.ifd import run_ifd
+        import time
+
+        start = time.perf_counter()
+        with box:
+            done = state.run_step("IFD speed", "ifd_measure", run_ifd,
+                                  sample_ids=ids[:4], **kwargs)
+        if done is not None:
+            st.session_state["ifd_rate"] = 4 / max(time.perf_counter() - start, 1e-3)
+            st.rerun()
+    if b2.button("Run IFD", key="run_ifd", type="primary"):
+        from core.ifd import run_ifd
+
+        with box:
+            if state.run_step("IFD", "ifd", run_ifd, sample_ids=ids, with_reverse=reverse,
+                              force=_force(), **kwargs) is not None:
+                st.rerun()
+
+
+def _measured_ifd_rate(ws) -> float | None:
+    meta = ws.score_meta("ifd") or {}
+    rows, took = meta.get("rows"), meta.get("duration_s")
+    return rows / took if rows and took and took > 0 else None
+
+
+def _sample_ids(ws, size: int) -> list[int]:
+    ids = np.sort(state.load_samples(ws)["sample_id"].to_numpy(np.int64))
+    if size >= len(ids):
+        return ids.tolist()
+    return np.sort(np.random.default_rng(0).choice(ids, size, replace=False)).tolist()
+
+
+def recost_step(ws) -> None:
+    from core.select import list_selections
+
+    box = step_box("RECOST (relative entropy against a reference)", ws.score_meta("recost"))
+    choices = ["a file"] + [f"selection: {s}" for s in list_selections(ws)]
+    c1, c2, c3 = box.columns([1, 2, 1])
+    pick = c1.selectbox("Reference", choices, key="recost_ref",
+                        help="Trusted high-quality samples; a saved selection counts too")
+    path = c2.text_input("Reference file", key="recost_path",
+                         disabled=pick != "a file")
+    k = c3.number_input("k", 1, 50, 5, key="recost_k")
+    if box.button("Run RECOST", key="run_recost"):
+        if pick == "a file":
+            if not path.strip():
+                box.error("Give the reference file's path (any import format).")
+                return
+            reference = str(Path(path).expanduser())
+        else:
+            reference = pick.split(": ", 1)[1]
+        from core.ifd import run_recost
+
+        with box:
+            if state.run_step("RECOST", "recost", run_recost, ws=ws, reference=reference,
+                              k=int(k), chunk_size=LM_CHUNK, force=_force()) is not None:
+                st.rerun()
+
+
+def ds2_step(ws) -> None:
+    from core.ds2 import SCALES, score_name
+
+    samples = state.load_samples(ws)
+    columns = state.numeric_sample_columns(samples)
+    box = step_box("DS2 curation", None, status=False)
+    done = [name for name in ws.score_names() if name.startswith("ds2_")]
+    for name in done:
+        box.caption(state.step_done_message(name, ws.score_meta(name)))
+    if not done:
+        box.caption("DS2 curation: not run yet")
+    c1, c2, c3 = box.columns(3)
+    source = c1.radio("Ratings", ["a column", "a rater"], key="ds2_source", horizontal=True)
+    if source == "a column":
+        if not columns:
+            box.caption("No numeric column in the samples: rate them with a rater.")
+            return
+        column = c2.selectbox("Rating column", columns, key="ds2_column")
+        scale = c3.selectbox("Scale", ["auto", *SCALES], key="ds2_scale")
+        if box.button("Run DS2", key="run_ds2"):
+            from core.ds2 import run_curate
+
+            with box:
+                if state.run_step("DS2", "ds2", run_curate, ws=ws, rating_column=column,
+                                  scale=None if scale == "auto" else scale,
+                                  force=_force()) is not None:
+                    st.rerun()
+        box.caption(f"writes scores/{score_name(column)}.parquet")
+        return
+    backend = c2.selectbox("Backend", ["local", "openai"], key="ds2_backend")
+    rater = c3.text_input("Rater name", value=backend, key="ds2_rater")
+    size = box.number_input("Samples to rate", 1, len(ws), min(len(ws), 200), key="ds2_n")
+    if backend == "openai":
+        o1, o2, o3 = box.columns(3)
+        base_url = o1.text_input("Base URL", "https://api.openai.com/v1", key="ds2_url")
+        model = o2.text_input("Model", "gpt-4o-mini", key="ds2_model")
+        key_env = o3.text_input("API key variable", "OPENAI_API_KEY", key="ds2_key_env")
+    if box.button("Rate, then run DS2", key="run_rate"):
+        from core import rate
+
+        try:
+            backend_obj = (rate.LocalRater() if backend == "local" else
+                           rate.OpenAIRater(base_url, model, api_key_env=key_env or None))
+        except InputError as err:
+            box.error(str(err))
+            return
+        with box:
+            done = state.run_step("Rating", "rate", rate.run_rate, ws=ws, backend=backend_obj,
+                                  rater_name=rater, sample_ids=_sample_ids(ws, int(size)))
+            if done is None:
+                return
+            ratings = _rater_ratings_file(ws, rater)
+            from core.ds2 import run_curate
+
+            if state.run_step("DS2", "ds2", run_curate, ws=ws,
+                              rating_column=f"rating_{rater}", scale="ds2-10",
+                              ratings_file=ratings) is not None:
+                st.rerun()
+
+
+def _rater_ratings_file(ws, rater: str) -> Path:
+    """A rater's ``overall`` ratings as JSONL keyed by sample_id, the form DS2 reads."""
+    from core import atomic
+    from core.rate import rating_score_name
+
+    frame = ws.read_score(rating_score_name(rater))[["sample_id", "overall"]]
+    frame = frame.rename(columns={"overall": f"rating_{rater}"})
+    path = ws.path("ratings", rater, "overall.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        frame.to_json(tmp, orient="records", lines=True)
+    return path
+
+
+# ----- page ---------------------------------------------------------------------------------
+state.ensure_shell()
+st.title("Data")
+ws = state.current_workspace()
+with st.expander("Import a file", expanded=ws is None):
+    import_section()
+show_import_result(st.session_state.get(LAST_IMPORT))  # outside: seen after the import
+if ws is None:
+    st.info("Import a file to start (or build the demo from the sidebar).")
+    st.stop()
+
+st.subheader(f"Steps for {ws.name}")
+st.caption(f"{len(ws):,} samples · {ws.root}")
+st.checkbox("Recompute even when up to date", key="data_force",
+            help="A step whose inputs and parameters did not change is normally read back "
+                 "from its file; tick this to compute it again from scratch.")
+base_steps(ws)
+ifd_step(ws)
+recost_step(ws)
+ds2_step(ws)
