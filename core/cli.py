@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import Cancelled, InputError
 
-# Modules that add subcommands, in help order. A module missing here is a bug, not optional.
+# Modules that add subcommands (each has register_cli), in help order.
 AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.ifd", "core.rate", "core.ds2",
                 "core.select", "core.export", "core.demo")
 
@@ -28,14 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_import(sub)
     _register_info(sub)
     for name in AREA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue  # area not built yet
-            raise
-        if hasattr(module, "register_cli"):
-            module.register_cli(sub)
+        importlib.import_module(name).register_cli(sub)
     return parser
 
 

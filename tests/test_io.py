@@ -267,3 +267,42 @@ def test_workspace_samples_roundtrip(tmp_path):
     back = ws.samples()
     assert back["record"].map(json.loads).tolist() == MESSAGES
     assert back["sample_id"].tolist() == [0, 1]
+
+
+# ----- round trip: import then export-all gives back the records --------------------------
+def _source_records(path: Path, kind: str) -> list:
+    if kind in ("csv", "parquet"):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False) if kind == "csv" \
+            else pd.read_parquet(path)
+        return frame.to_dict(orient="records")
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if text.lstrip().startswith("[") else \
+        [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("kind", ["alpaca-jsonl", "alpaca-array", "sharegpt", "messages",
+                                  "csv", "parquet"])
+def test_every_format_round_trips_through_export(tmp_path, kind):
+    from core.export import export_all
+
+    frame = pd.DataFrame({"prompt": ["What is 1+1?", "Ünïcödé ✓"], "completion": ["2", "ok"],
+                          "note": ["a", "b"]})
+    mapping = {}
+    if kind == "alpaca-jsonl":
+        src = write_jsonl(tmp_path / "a.jsonl", ALPACA)
+    elif kind == "alpaca-array":
+        src = tmp_path / "a.json"
+        src.write_text(json.dumps(ALPACA, ensure_ascii=False), encoding="utf-8")
+    elif kind == "sharegpt":
+        src = write_jsonl(tmp_path / "s.jsonl", SHAREGPT)
+    elif kind == "messages":
+        src = write_jsonl(tmp_path / "m.jsonl", MESSAGES)
+    else:
+        src = tmp_path / f"t.{kind}"
+        frame.to_csv(src, index=False) if kind == "csv" else frame.to_parquet(src, index=False)
+        mapping = {"instruction": "prompt", "output": "completion"}
+    ws, _ = import_to_workspace(src, tmp_path / "ws", mapping=mapping)
+    out = tmp_path / "out.jsonl"
+    export_all(ws, out)
+    exported = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert exported == _source_records(src, kind.split("-")[0])
