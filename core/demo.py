@@ -56,7 +56,7 @@ def build_demo(name: str = "alpaca", progress: Progress | None = None,
                root: str | Path | None = None) -> Workspace:
     """Import, embed, link neighbours and map a demo dataset; every step resumes if killed.
 
-    ``progress(done, total, note)`` receives the overall step count and the inner step's
+    ``progress(done, 100, note)`` receives the overall percentage and the inner step's
     progress in its note.
     """
     from .embed import run_embed
@@ -77,11 +77,11 @@ def build_demo(name: str = "alpaca", progress: Progress | None = None,
     def inner(step: int):
         def cb(done: int, total: int, note: str = "") -> None:
             frac = done / total if total else 1.0
-            report(progress, step * 1000 + int(frac * 1000), len(steps) * 1000,
+            report(progress, round(100 * (step + frac) / len(steps)), 100,
                    f"{steps[step]} {done:,}/{total:,}" + (f" {note}" if note else ""))
         return cb
 
-    report(progress, 0, len(steps) * 1000, "import")
+    report(progress, 0, 100, "import")
     if Path(root, "manifest.json").exists():
         ws = Workspace.open(root)
     else:
@@ -90,7 +90,7 @@ def build_demo(name: str = "alpaca", progress: Progress | None = None,
     run_embed(ws, progress=inner(1))
     run_neighbors(ws, progress=inner(2))
     run_map(ws, progress=inner(3))
-    report(progress, len(steps) * 1000, len(steps) * 1000, "ready")
+    report(progress, 100, 100, "ready")
     return ws
 
 
@@ -125,7 +125,7 @@ def register_cli(sub) -> None:
 def _cmd_demo(args) -> int:
     from .progress import TqdmProgress
 
-    with TqdmProgress(desc=f"demo {args.name}", unit="‰") as bar:
+    with TqdmProgress(desc=f"demo {args.name}", unit="%") as bar:
         ws = build_demo(args.name, progress=bar, root=args.workspace)
     print(f"demo workspace ready: {ws.root} ({len(ws):,} samples)")
     return 0

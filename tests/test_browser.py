@@ -25,8 +25,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 PAGES = {"data": "data", "explore": "", "audit": "audit", "select_export": "select_export"}
 SHOTS = REPO / "test-output" / "screenshots"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason=f"chromium not found at {CHROMIUM} (make browser)")
 
 
 def _free_port() -> int:
@@ -77,6 +75,7 @@ def server(fixture_ws, tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    assert CHROMIUM.exists(), f"chromium not found at {CHROMIUM}: run `make browser`"
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=CHROMIUM_ARGS)
