@@ -309,6 +309,20 @@ def _check_lengths(*columns: Sequence) -> int:
 
 
 # ----- IFD ----------------------------------------------------------------------------------
+def _pair_ratios(lm, pairs, token_budget: int, progress, label: str):
+    """Score both passes of every pair in one batched run; return the two mean losses, the
+    missing reasons, and the loss and perplexity ratios (shared by IFD and r-IFD)."""
+    seqs = []
+    for p in pairs:
+        seqs.append((p.conditioned or [], p.n_scored))
+        seqs.append((p.direct or [], p.n_scored))
+    losses = sequence_losses(lm, seqs, token_budget, _token_progress(progress, len(pairs),
+                                                                     label))
+    cond, direct = losses[0::2].copy(), losses[1::2].copy()
+    missing = [p.missing for p in pairs]
+    return (cond, direct, missing, *_ratio_columns(cond, direct, missing))
+
+
 def ifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Sequence,
                template: str = "none", max_length: int = 512,
                token_budget: int = DEFAULT_TOKEN_BUDGET,
@@ -324,14 +338,7 @@ def ifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Seq
     prefix_ids = encode(tok, direct_prefix(template, tok))
     pairs = [_ifd_pair(tok, start, render_prompt(template, instructions[i], inputs[i], tok),
                        prefix_ids, _text(outputs[i]), max_length) for i in range(n)]
-    seqs = []
-    for p in pairs:
-        seqs.append((p.conditioned or [], p.n_scored))
-        seqs.append((p.direct or [], p.n_scored))
-    losses = sequence_losses(lm, seqs, token_budget, _token_progress(progress, n, "IFD"))
-    cond, direct = losses[0::2].copy(), losses[1::2].copy()
-    missing = [p.missing for p in pairs]
-    ratio, ppl = _ratio_columns(cond, direct, missing)
+    cond, direct, missing, ratio, ppl = _pair_ratios(lm, pairs, token_budget, progress, "IFD")
     return pd.DataFrame({
         "loss_conditioned": cond, "loss_direct": direct, "ifd": ratio, "ifd_ppl": ppl,
         "answer_tokens": np.array([p.n_scored for p in pairs], dtype=np.int64),
@@ -399,14 +406,8 @@ def rifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Se
     tok, start = lm.tokenizer, int(lm.start_token_id)
     pairs = [_rifd_pair(tok, start, question_text(instructions[i], inputs[i]),
                         _text(outputs[i]), max_length) for i in range(n)]
-    seqs = []
-    for p in pairs:
-        seqs.append((p.conditioned or [], p.n_scored))
-        seqs.append((p.direct or [], p.n_scored))
-    losses = sequence_losses(lm, seqs, token_budget, _token_progress(progress, n, "r-IFD"))
-    cond, direct = losses[0::2].copy(), losses[1::2].copy()
-    missing = [p.missing for p in pairs]
-    ratio, ppl = _ratio_columns(cond, direct, missing)
+    cond, direct, missing, ratio, ppl = _pair_ratios(lm, pairs, token_budget, progress,
+                                                     "r-IFD")
     return pd.DataFrame({
         "loss_reverse_conditioned": cond, "loss_reverse_direct": direct, "rifd": ratio,
         "rifd_ppl": ppl,
