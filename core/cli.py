@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import Cancelled, InputError
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -46,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished chunks are kept, rerun to resume", file=sys.stderr)
         return 130
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the person (a damaged cache file recomputed) print as one line;
+    others keep Python's format, with the source location a developer needs."""
+    from .workspace import DamagedFileWarning
+
+    if issubclass(category, DamagedFileWarning):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 # ----------------------------------------------------------------------------------------

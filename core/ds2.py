@@ -45,6 +45,9 @@ from .progress import Progress, report
 
 SCALES = ("classes", "ds2-10", "0-5", "1-5")
 MISSING = -1
+# More classes than any rating scale in use (DS2 has 6): a larger label is a raw score read
+# as a class by mistake, and K x K transition fits would not end.
+MAX_CLASSES = 100
 VERSION = "ds2-1"  # bump when the numbers this module produces change
 
 # Independent random streams per stage, so changing one stage's draws leaves the others alone.
@@ -68,15 +71,17 @@ def _as_number(value: Any):
     if _is_missing(value):
         return None
     if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            number = float(text)
+            number = float(value.strip())
         except ValueError:
             return _UNPARSEABLE
-        return None if math.isnan(number) else number
-    return _UNPARSEABLE
+        if math.isnan(number):
+            return None
+    else:
+        return _UNPARSEABLE
+    return number if math.isfinite(number) else _UNPARSEABLE  # infinity is no rating
 
 
 def _numbers(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +93,10 @@ def _numbers(values: Any) -> tuple[np.ndarray, np.ndarray]:
     else:
         arr = np.asarray(list(values), dtype=object)
     if arr.dtype.kind in "biuf":
-        return arr.astype(np.float64), np.zeros(len(arr), dtype=bool)
+        out = arr.astype(np.float64)
+        bad = np.isinf(out)  # infinity is no rating: unparseable, as in _as_number
+        out[bad] = np.nan
+        return out, bad
     out = np.empty(len(arr), dtype=np.float64)
     bad = np.zeros(len(arr), dtype=bool)
     for i, v in enumerate(arr.ravel()):
@@ -171,6 +179,11 @@ def to_classes(values: Any, scale: str | Mapping | None = None, *,
         if wrong.any():
             fail(int(np.flatnonzero(wrong)[0]), "is not a class label (an integer ≥ 0); "
                                                 "pass --scale or --mapping")
+        too_big = has & (numbers >= MAX_CLASSES)
+        if too_big.any():
+            fail(int(np.flatnonzero(too_big)[0]), f"is not a class label (at most "
+                                                  f"{MAX_CLASSES - 1}); pass --scale or "
+                                                  "--mapping")
         out = np.where(has, np.nan_to_num(numbers), MISSING).astype(np.int64)
         k_classes = int(out.max()) + 1 if has.any() else 2
         record.update(scale="classes", table="identity")

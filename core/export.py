@@ -54,7 +54,7 @@ def curated_ratings(ws: Workspace, rating_column: str) -> pd.Series:
 def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.PathLike,
                  with_scores: Sequence[str] = (), write_back_rating: str | None = None,
                  rating_field: str | None = None, selection: str | dict | None = None,
-                 record: bool = False) -> dict:
+                 record: bool = False, force: bool = False) -> dict:
     """Write the records of ``sample_ids`` (sorted, unique) to ``out_path`` as JSONL and a
     manifest ``<stem>.manifest.json`` beside it; return the manifest.
 
@@ -65,7 +65,17 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
       ``<column>_curated``, so the raw rating stays as it was).
     - ``selection``: the saved selection's name (or its dict) to record in the manifest.
     - ``record``: also keep a copy of the manifest in the workspace's ``exports/``.
+    - ``force``: replace an existing output or manifest (else that is an ``InputError``).
+
+    Both files are written to temp files first and renamed only once both are complete, so
+    a failure (a full disk) leaves the previous export and its manifest as they were.
     """
+    out = Path(out_path)
+    if not force:
+        for existing in (out, manifest_path(out)):
+            if existing.exists():
+                raise InputError("already exists; choose another name or pass --force to "
+                                 "replace it", file=str(existing))
     ids = _check_ids(ws, sample_ids)
     with_scores = [c for c in dict.fromkeys(with_scores) if c]
     samples = ws.samples(["sample_id", "record"]).set_index("sample_id")
@@ -89,7 +99,6 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
         summaries[field] = _summary(rating)
         score_files.add(DS2_PREFIX + _rating_key(write_back_rating))
 
-    out = Path(out_path)
     lines_written = 0
     with atomic.atomic_path(out) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -109,36 +118,38 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
                 fh.write("\n")
                 lines_written += 1
 
-    src = ws.manifest.get("source") or {}
-    sel = _selection_info(ws, selection)
-    for rel in (sel or {}).get("inputs", {}) or {}:
-        if rel.startswith("scores/"):
-            score_files.add(Path(rel).stem)
-    manifest = {
-        "output": str(out.resolve()),
-        "output_sha256": sha256_file(out),
-        "created": now_iso(),
-        "format": src.get("format"),
-        "rows": lines_written,
-        "source": {"path": src.get("path"), "sha256": src.get("sha256"),
-                   "format": src.get("format")},
-        "licence_note": src.get("licence_note"),
-        "workspace": str(ws.root.resolve()),
-        "samples_sha256": ws.samples_fingerprint(),
-        "counts": {"workspace_samples": len(ws), "exported": lines_written},
-        "selection": sel,
-        "with_scores": list(with_scores),
-        "write_back_rating": (None if not write_back_rating else
-                              {"column": _rating_key(write_back_rating),
-                               "field": rating_field or
-                               f"{_rating_key(write_back_rating)}_curated"}),
-        "score_summaries": summaries,
-        "scores": {name: _score_provenance(ws, name) for name in sorted(score_files)
-                   if name not in ("map", "samples")},
-        "versions": package_versions(("numpy", "pandas", "pyarrow")),
-        "cherrypick": _own_version(),
-    }
-    atomic.write_json(manifest_path(out), manifest)
+        src = ws.manifest.get("source") or {}
+        sel = _selection_info(ws, selection)
+        for rel in (sel or {}).get("inputs", {}) or {}:
+            if rel.startswith("scores/"):
+                score_files.add(Path(rel).stem)
+        manifest = {
+            "output": str(out.resolve()),
+            "output_sha256": sha256_file(tmp),
+            "created": now_iso(),
+            "format": src.get("format"),
+            "rows": lines_written,
+            "source": {"path": src.get("path"), "sha256": src.get("sha256"),
+                       "format": src.get("format")},
+            "licence_note": src.get("licence_note"),
+            "workspace": str(ws.root.resolve()),
+            "samples_sha256": ws.samples_fingerprint(),
+            "counts": {"workspace_samples": len(ws), "exported": lines_written},
+            "selection": sel,
+            "with_scores": list(with_scores),
+            "write_back_rating": (None if not write_back_rating else
+                                  {"column": _rating_key(write_back_rating),
+                                   "field": rating_field or
+                                   f"{_rating_key(write_back_rating)}_curated"}),
+            "score_summaries": summaries,
+            "scores": {name: _score_provenance(ws, name) for name in sorted(score_files)
+                       if name not in ("map", "samples")},
+            "versions": package_versions(("numpy", "pandas", "pyarrow")),
+            "cherrypick": _own_version(),
+        }
+        # the manifest describes the temp file's bytes; it is renamed into place first, the
+        # output on leaving the block, so a full disk while writing either changes neither
+        atomic.write_json(manifest_path(out), manifest)
     if record:
         stamp = manifest["created"].replace(":", "").replace("-", "")
         atomic.write_json(ws.path("exports", f"{stamp}-{manifest_path(out).name}"), manifest)
@@ -245,6 +256,8 @@ def register_cli(subparsers) -> None:
                                           "COLUMN_curated)")
     p.add_argument("--record", action="store_true",
                    help="also keep a copy of the manifest in the workspace's exports/")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT and its manifest if they exist")
     p.set_defaults(func=_cmd_export)
 
 
@@ -252,7 +265,7 @@ def _cmd_export(args) -> int:
     ws = Workspace.open(args.workspace)
     scores = [c.strip() for c in (args.with_scores or "").split(",") if c.strip()]
     kwargs = dict(with_scores=scores, write_back_rating=args.write_back_rating,
-                  rating_field=args.rating_field, record=args.record)
+                  rating_field=args.rating_field, record=args.record, force=args.force)
     if args.all:
         manifest = export_all(ws, args.out, **kwargs)
     else:

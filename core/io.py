@@ -71,6 +71,9 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError("file not found", file=str(path)) from None
     except IsADirectoryError:
         raise InputError("is a folder, not a file", file=str(path)) from None
+    if data[:4] == b"PK\x03\x04":
+        raise InputError("is a ZIP archive; unzip it and import the file inside (a .gz file "
+                         "is read directly)", file=str(path))
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -130,7 +133,7 @@ def _iter_json_records(text: str, path: Path, skipped: list[dict],
     if stripped[0] == "{" and len(lines) > 1:
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             obj = None
         if isinstance(obj, dict) and not _looks_like_jsonl(lines):
             yield 0, obj
@@ -140,13 +143,24 @@ def _iter_json_records(text: str, path: Path, skipped: list[dict],
         if not line.strip():
             continue
         try:
-            yield row, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as err:
-            msg = f"line {lineno} is not valid JSON ({err.msg} at column {err.colno})"
-            if not skip_invalid:
-                raise InputError(msg, file=str(path), row=row) from None
-            skipped.append({"source_row": row, "line": lineno, "field": None, "reason": msg})
+            msg = f"line {lineno} is not valid JSON ({_json_reason(err)} at column {err.colno})"
+        except RecursionError:
+            msg = f"line {lineno} is nested too deeply for the JSON reader"
+        else:
+            yield row, record
+            row += 1
+            continue
+        if not skip_invalid:
+            raise InputError(msg, file=str(path), row=row) from None
+        skipped.append({"source_row": row, "line": lineno, "field": None, "reason": msg})
         row += 1
+
+
+def _json_reason(err: json.JSONDecodeError) -> str:
+    """The decoder's message without its dangling 'at' ("Invalid control character at")."""
+    return err.msg[:-3] if err.msg.endswith(" at") else err.msg
 
 
 def _looks_like_jsonl(lines: list[str]) -> bool:
@@ -156,7 +170,7 @@ def _looks_like_jsonl(lines: list[str]) -> bool:
     try:
         json.loads(non_empty[0])
         return True
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 
@@ -190,8 +204,13 @@ def _iter_json_array(text: str, path: Path, skipped: list[dict], skip_invalid: b
                 reason = (f"the file is cut off in the middle of record {row} (line {line}): "
                           f"the JSON array holds {row:,} complete records and then ends")
             else:
-                reason = f"record {row} is not valid JSON ({err.msg} at line {line})"
+                reason = f"record {row} is not valid JSON ({_json_reason(err)} at line {line})"
             _array_stopped(path, row, err.pos, text, reason, skipped, skip_invalid, notes)
+            return
+        except RecursionError:
+            line = text.count("\n", 0, pos) + 1
+            _array_stopped(path, row, pos, text, f"record {row} (line {line}) is nested too "
+                           "deeply for the JSON reader", skipped, skip_invalid, notes)
             return
         yield row, obj
         row += 1
@@ -385,6 +404,22 @@ def _empty_fields(instruction: str, inp: str, output: str) -> list[str]:
     return empty
 
 
+def _record_json(record: Any) -> str:
+    """The record as JSON text for ``samples.record``. A JSON escape can decode to a lone
+    surrogate (``"\\ud800"``), which is not Unicode and cannot be stored: name its field."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start:err.end]
+        where = next((str(k) for k, v in record.items()
+                      if bad in json.dumps({k: v}, ensure_ascii=False)), None) \
+            if isinstance(record, dict) else None
+        raise _RowError(f"holds {bad.encode('unicode_escape').decode()}, half of a UTF-16 "
+                        "surrogate pair, which is not valid Unicode; fix the escape", where)
+    return text
+
+
 def _check_text(instruction: str, inp: str, output: str, max_chars: int) -> None:
     if max_chars:
         for name, value in (("instruction", instruction), ("input", inp), ("output", output)):
@@ -434,6 +469,11 @@ def read_dataset(path: str | Path, format: str | None = None, mapping: dict | No
     notes: list[str] = []
     warnings: list[dict] = []
     detected: str | None = format if format in ("alpaca", "sharegpt", "messages") else None
+    first = data.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+    if kind == "csv" and format is None and first in (b"[", b"{"):
+        raise InputError(f"the name says CSV but the file holds JSON (first character "
+                         f"{first.decode()!r}); rename it .jsonl or pass --format alpaca, "
+                         "sharegpt or messages", file=str(path))
     if kind in ("csv", "parquet"):
         table = _read_table(data, path, kind, encoding)
         if len(table) == 0:
@@ -474,6 +514,7 @@ def read_dataset(path: str | Path, format: str | None = None, mapping: dict | No
             else:
                 q, inp, a = _normalise_chat(record, detected)
             _check_text(q, inp, a, max_chars)
+            record_json = _record_json(record)
             for name in _empty_fields(q, inp, a):
                 warnings.append({"source_row": source_row, "field": name,
                                  "reason": f"{'answer' if name == 'output' else name} is "
@@ -485,11 +526,12 @@ def read_dataset(path: str | Path, format: str | None = None, mapping: dict | No
             skipped.append({"source_row": source_row, "field": err.field, "reason": err.reason})
             continue
         rows.append({"source_row": source_row, "instruction": q, "input": inp, "output": a,
-                     "record": record})
+                     "record": record, "record_json": record_json})
     if not rows:
         if skipped:
             raise InputError(f"no valid rows: all {len(skipped)} rows were invalid, the first "
-                             f"because {skipped[0]['reason']}", file=str(path))
+                             f"because {skipped[0]['reason']}", file=str(path),
+                             row=skipped[0]["source_row"], field=skipped[0]["field"])
         raise InputError("file has no records", file=str(path))
 
     if sample is not None:
@@ -521,7 +563,7 @@ def _to_frame(rows: list[dict], record_format: str) -> pd.DataFrame:
         "instruction": [r["instruction"] for r in rows],
         "input": [r["input"] for r in rows],
         "output": [r["output"] for r in rows],
-        "record": [json.dumps(r["record"], ensure_ascii=False) for r in rows],
+        "record": [r["record_json"] for r in rows],
     })
     base["duplicate_of"] = find_duplicates(base)
     extra = _extra_columns([r["record"] for r in rows], record_format)
@@ -563,6 +605,8 @@ def _extra_columns(records: list[Any], record_format: str) -> dict[str, list]:
 
 def _column_values(values: list) -> list:
     kinds = {type(v) for v in values if v is not None}
+    if int in kinds and any(isinstance(v, int) and not -2**63 <= v < 2**63 for v in values):
+        kinds.add(str)  # beyond int64 (and float precision): keep the digits as text
     if kinds == {int}:
         return pd.array(values, dtype="Int64")
     if kinds == {bool}:

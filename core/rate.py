@@ -673,7 +673,8 @@ def ratings_for_curation(ws: Workspace, rater_name: str) -> pd.Series:
     if not path.exists():
         raise InputError(f"no ratings from rater {rater_name!r} yet; run `python -m core rate "
                          f"--workspace {ws.root} --name {rater_name} ...`", file=str(path))
-    frame = pd.read_parquet(path, columns=["sample_id", "overall", "parse_error"])
+    frame = ws.read_score(rating_score_name(rater_name))[["sample_id", "overall",
+                                                           "parse_error"]]
     values = frame["overall"].astype(object)
     values[frame["parse_error"].notna()] = UNPARSEABLE
     ids = np.sort(ws.samples(["sample_id"])["sample_id"].to_numpy(np.int64))
@@ -698,17 +699,20 @@ def _row(sample_id: int, content: str | None, error: str | None) -> dict:
 def _rows_with_request_errors(ws: Workspace, name: str, key: str) -> set[int]:
     """Ids whose stored rating (final file or unfinished chunks, same key) is a failed
     request: these are asked again."""
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_parquet(path, columns=["sample_id", "request_error"])
+
     frames = []
     meta = ws.meta(name)
-    if ws.path(name).exists() and meta is not None and meta.get("key") == key:
-        frames.append(pd.read_parquet(ws.path(name), columns=["sample_id", "request_error"]))
+    if meta is not None and meta.get("key") == key:
+        frames.append(ws.read_cached(ws.path(name), read))
     parts = ws.path(name + ".parts", key)
     if parts.exists():
-        frames += [pd.read_parquet(p, columns=["sample_id", "request_error"])
-                   for p in sorted(parts.glob("chunk-*.parquet"))]
+        frames += [ws.read_cached(p, read) for p in sorted(parts.glob("chunk-*.parquet"))]
     ids: set[int] = set()
     for f in frames:
-        ids.update(int(i) for i in f.loc[f["request_error"].notna(), "sample_id"])
+        if f is not None:  # absent, or damaged (deleted: run_chunked asks again)
+            ids.update(int(i) for i in f.loc[f["request_error"].notna(), "sample_id"])
     return ids
 
 

@@ -25,6 +25,8 @@ import json
 import os
 import shutil
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -43,6 +45,16 @@ KNN = "knn.npz"
 MAP = "map.parquet"
 CLUSTERS = "clusters.json"
 AUDIT = "audit.jsonl"
+# Bumped when the layout changes so an older Cherrypick refuses a newer workspace instead of
+# misreading it. Manifests written before the field existed are format 1.
+FORMAT_VERSION = 1
+# What a truncated or garbled parquet/npy/npz/json file raises when read (pyarrow's errors
+# subclass ValueError or OSError); anything else is a bug, not damage, and propagates.
+_DAMAGE = (ValueError, EOFError, OSError, zipfile.BadZipFile)
+
+
+class DamagedFileWarning(UserWarning):
+    """A cached result could not be read: it was deleted and its step recomputes it."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -130,6 +142,7 @@ class Workspace:
                 "duplicates": int(samples["duplicate_of"].notna().sum())
                 if "duplicate_of" in samples else 0,
             },
+            "format_version": FORMAT_VERSION,
             "samples_fingerprint": frame_fingerprint(samples),
             "versions": package_versions(("numpy", "pandas", "pyarrow")),
             "cherrypick": _own_version(),
@@ -143,6 +156,21 @@ class Workspace:
         if not ws.path(MANIFEST).exists():
             raise InputError("not a workspace (no manifest.json); create one with "
                              "`python -m core import FILE --workspace DIR`", file=str(root))
+        try:
+            manifest = ws.manifest
+        except _DAMAGE as err:
+            raise InputError(f"manifest.json is damaged ({err}); re-import the source with "
+                             "`python -m core import FILE --workspace DIR --overwrite`",
+                             file=str(ws.path(MANIFEST))) from None
+        version = manifest.get("format_version", 1) if isinstance(manifest, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InputError(f"not a workspace manifest (format_version {version!r})",
+                             file=str(ws.path(MANIFEST)), field="format_version")
+        if version > FORMAT_VERSION:
+            raise InputError(f"made by a newer Cherrypick (workspace format {version}; this "
+                             f"version reads up to {FORMAT_VERSION}): upgrade Cherrypick "
+                             "(`pip install -U`) or re-import the source into a new workspace",
+                             file=str(ws.path(MANIFEST)), field="format_version")
         return ws
 
     def path(self, *parts: str) -> Path:
@@ -160,7 +188,10 @@ class Workspace:
         return self.root.name
 
     def samples(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        return pd.read_parquet(self.path(SAMPLES), columns=list(columns) if columns else None)
+        return self._load(SAMPLES, lambda p: pd.read_parquet(
+            p, columns=list(columns) if columns else None),
+            "it cannot be recomputed: re-import the source with `python -m core import FILE "
+            f"--workspace {self.root} --overwrite`")
 
     def __len__(self) -> int:
         return int(self.manifest["counts"]["samples"])
@@ -177,8 +208,7 @@ class Workspace:
 
     def meta(self, name: str) -> dict | None:
         """The sidecar of a result file (``embeddings.npy`` → ``embeddings.json``)."""
-        side = self.sidecar_path(self.path(name))
-        return atomic.read_json(side) if side.exists() else None
+        return self.read_cached(self.sidecar_path(self.path(name)), atomic.read_json)
 
     def fingerprint(self, name: str) -> str | None:
         """Cache key of a result: what later steps record as their input."""
@@ -189,6 +219,40 @@ class Workspace:
 
     def _write_meta(self, name: str, meta: dict) -> None:
         atomic.write_json(self.sidecar_path(self.path(name)), meta)
+
+    # ----- damaged files ------------------------------------------------------------------
+    def read_cached(self, path: str | os.PathLike, read: Callable[[Path], Any],
+                    damaged: list[str] | None = None) -> Any | None:
+        """``read(path)``, or None when the file is absent or damaged (truncated by a full
+        disk, a crash outside our atomic writes, a bad copy). A damaged file is deleted so
+        its step recomputes it, and the person is told with a ``DamagedFileWarning`` (the CLI
+        prints it on one line); the message is also appended to ``damaged``."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            return read(path)
+        except Exception as err:
+            if not _is_damage(path, err):
+                raise
+            path.unlink(missing_ok=True)
+            message = (f"{os.path.relpath(path, self.root)} was damaged ({_brief(err)}); "
+                       "deleted it, recomputing")
+            warnings.warn(message, DamagedFileWarning, stacklevel=2)
+            if damaged is not None:
+                damaged.append(message)
+            return None
+
+    def _load(self, name: str, read: Callable[[Path], Any], fix: str) -> Any:
+        """Read a result later steps depend on; a damaged one is an ``InputError`` saying how
+        to rebuild it (the reading step cannot recompute another step's file)."""
+        try:
+            return read(self.path(name))
+        except Exception as err:
+            if not _is_damage(self.path(name), err):
+                raise
+            raise InputError(f"{name} is damaged ({_brief(err)}); {fix}",
+                             file=str(self.path(name))) from None
 
     # ----- whole-dataset steps ------------------------------------------------------------
     def run_whole(self, name: str, params: dict, inputs: dict, compute: Callable[[], Any],
@@ -202,8 +266,10 @@ class Workspace:
         key = cache_key(params, inputs)
         path = self.path(name)
         old = self.meta(name)
-        if not force and path.exists() and old is not None and old.get("key") == key:
-            return StepResult(read(path), old, True)
+        if not force and old is not None and old.get("key") == key:
+            value = self.read_cached(path, read)
+            if value is not None:
+                return StepResult(value, old, True)
         start = time.perf_counter()
         value = compute()
         duration = time.perf_counter() - start
@@ -235,13 +301,17 @@ class Workspace:
         path = self.path(name)
         parts = self.path(name + ".parts", key)
         old = self.meta(name)
+        damaged: list[str] = []
         have = pd.DataFrame()
-        if not force and path.exists() and old is not None and old.get("key") == key:
-            have = read_final(path)
+        if not force and old is not None and old.get("key") == key:
+            have = self.read_cached(path, read_final, damaged)
+            if have is None:
+                have = pd.DataFrame()
         elif force and parts.exists():
             shutil.rmtree(parts)
-        chunks = [pd.read_parquet(p) for p in sorted(parts.glob("chunk-*.parquet"))] \
-            if parts.exists() else []
+        chunks = [self.read_cached(p, pd.read_parquet, damaged)
+                  for p in sorted(parts.glob("chunk-*.parquet"))] if parts.exists() else []
+        chunks = [c for c in chunks if c is not None]
         done = set(have["sample_id"].tolist()) if len(have) else set()
         for c in chunks:
             done.update(c["sample_id"].tolist())
@@ -252,9 +322,12 @@ class Workspace:
         start = time.perf_counter()
         total = len(wanted)
         finished = total - len(todo)
-        report(progress, finished, total, "resuming" if finished else "")
+        report(progress, finished, total, f"recomputing {len(damaged)} damaged file(s)"
+               if damaged else "resuming" if finished else "")
         parts.mkdir(parents=True, exist_ok=True)
-        next_index = len(list(parts.glob("chunk-*.parquet")))
+        # after the last chunk on disk, so a deleted damaged chunk never makes a name reused
+        next_index = 1 + max((int(p.stem.split("-")[1]) for p in parts.glob("chunk-*.parquet")),
+                             default=-1)
         for lo in range(0, len(todo), chunk_size):
             ids = todo[lo:lo + chunk_size]
             frame = compute(ids)
@@ -286,7 +359,8 @@ class Workspace:
         return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
 
     def read_score(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path("scores", f"{name}.parquet"))
+        return self._load(f"scores/{name}.parquet", pd.read_parquet,
+                          "rerun the step that made it (see `python -m core info`)")
 
     def score_meta(self, name: str) -> dict | None:
         return self.meta(f"scores/{name}.parquet")
@@ -301,21 +375,26 @@ class Workspace:
         if not self.exists(EMBEDDINGS):
             raise InputError("no embeddings yet; run `python -m core embed --workspace "
                              f"{self.root}`", file=str(self.root))
-        return np.load(self.path(EMBEDDINGS), mmap_mode="r" if mmap else None,
-                       allow_pickle=False)
+        return self._load(EMBEDDINGS, lambda p: np.load(p, mmap_mode="r" if mmap else None,
+                                                        allow_pickle=False),
+                          f"rerun `python -m core embed --workspace {self.root}`")
 
     def knn(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.exists(KNN):
             raise InputError("no neighbours yet; run `python -m core neighbors --workspace "
                              f"{self.root}`", file=str(self.root))
-        with np.load(self.path(KNN), allow_pickle=False) as z:
-            return z["indices"], z["similarities"]
+        def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+            with np.load(path, allow_pickle=False) as z:
+                return z["indices"], z["similarities"]
+
+        return self._load(KNN, read, f"rerun `python -m core neighbors --workspace {self.root}`")
 
     def map(self) -> pd.DataFrame:
         if not self.exists(MAP):
             raise InputError(f"no map yet; run `python -m core map --workspace {self.root}`",
                              file=str(self.root))
-        return pd.read_parquet(self.path(MAP))
+        return self._load(MAP, pd.read_parquet,
+                          f"rerun `python -m core map --workspace {self.root}`")
 
     def cluster_titles(self) -> dict[int, str]:
         if not self.exists(CLUSTERS):
@@ -339,6 +418,27 @@ class Workspace:
                          "created": meta.get("created")}
         return {"workspace": str(self.root), "source": m.get("source"), "counts": m["counts"],
                 "created": m.get("created"), "steps": steps, "scores": scores}
+
+
+def _is_damage(path: Path, err: Exception) -> bool:
+    """Whether reading ``path`` failed because its bytes are bad (not a wrong column name or
+    a permission): a parquet file whose footer still reads is not damaged."""
+    if not isinstance(err, _DAMAGE) or isinstance(err, (PermissionError, FileNotFoundError)):
+        return False
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pq.read_metadata(path)
+        except Exception:
+            return True
+        return False
+    return True
+
+
+def _brief(err: Exception) -> str:
+    """The error on one line, short enough for the CLI's one-line messages."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
 def _own_version() -> str:

@@ -355,6 +355,10 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
                     if diff.get(key):
                         table = pd.DataFrame(diff[key]).T.rename(
                             columns={"a": other, "b": "current"})
+                        if key == "per_cluster":
+                            titles = ws.cluster_titles()
+                            table.insert(0, "title", [titles.get(int(c), "") if c.isdigit()
+                                                      else "" for c in table.index])
                         table.index.name = title
                         st.dataframe(table, height=200)
 
@@ -368,15 +372,19 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
                               [None, *ds2], key="sel_export_rating",
                               format_func=lambda c: "no" if c is None else f"{c}_curated")
     export_name = st.session_state.get("sel_name") or "selection"
+    out = ws.path("exports", f"{export_name}.jsonl")
+    replace = st.checkbox(f"Replace exports/{out.name}", key="sel_export_replace",
+                          help="It exists already; without this, Export stops and keeps it",
+                          ) if out.exists() else False
     if st.button(f"Export {len(selection.sample_ids):,} samples", key="sel_export"):
         from core.export import export_jsonl, manifest_path
 
-        out = ws.path("exports", f"{export_name}.jsonl")
         record = selection.to_dict()
         record["name"] = st.session_state.get("sel_saved_name") or export_name
         try:
             manifest = export_jsonl(ws, selection.sample_ids, out, with_scores=with_scores,
-                                    write_back_rating=write_back, selection=record)
+                                    write_back_rating=write_back, selection=record,
+                                    force=replace)
         except InputError as err:
             st.error(str(err))
         else:

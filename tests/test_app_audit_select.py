@@ -230,6 +230,16 @@ def test_save_and_export_write_selection_jsonl_and_manifest(ws, monkeypatch, tmp
     assert any(b.label.startswith("Download top-fifth.jsonl")
                for b in at.get("download_button"))
 
+    # a second export to the same name keeps the file unless "Replace" is ticked
+    at.slider(key="sel_ratio").set_value(10.0).run()
+    at.button(key="sel_export").click().run()
+    assert any("already exists" in e.value for e in at.error)
+    assert len(out.read_text("utf-8").splitlines()) == len(want)
+    at.checkbox(key="sel_export_replace").check().run()
+    at.button(key="sel_export").click().run()
+    assert not at.error and not at.exception
+    assert len(out.read_text("utf-8").splitlines()) == int(len(ws) * 0.10)
+
 
 def test_compare_with_a_saved_selection_counts_added_and_removed(ws, monkeypatch, tmp_path):
     at = open_page(ws, "pages/select_export.py", monkeypatch, tmp_path)
@@ -242,6 +252,10 @@ def test_compare_with_a_saved_selection_counts_added_and_removed(ws, monkeypatch
     assert metric(at, "In both") == f"{int(n * 0.10):,}"
     assert metric(at, "Added now") == f"{int(n * 0.15) - int(n * 0.10):,}"
     assert metric(at, "Removed now") == "0"
+    per_cluster = [d.value for d in at.dataframe if d.value.index.name == "cluster"]
+    titles = ws.cluster_titles()
+    assert per_cluster and all(row["title"] == titles[int(c)]
+                               for c, row in per_cluster[0].iterrows())
 
 
 # ======================================================================================

@@ -185,6 +185,39 @@ def test_recost_windows_take_the_farthest():
     assert sel.sample_ids == [10, 13, 15]
 
 
+def test_diversity_sampling_equals_a_plain_window_loop(monkeypatch):
+    """The blocked implementation picks exactly what a window-by-window loop picks, for
+    windows that are smaller and larger than a block."""
+    import core.select as select
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    emb = rng.normal(size=(n, 24))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = rng.normal(size=n)
+    ids = rng.permutation(10 * n)[:n]
+
+    def plain(budget):
+        order = sorted(range(n), key=lambda i: (-scores[i], ids[i]))
+        width = n / budget
+        picks = []
+        for k in range(budget):
+            lo, hi = int(np.floor(k * width)), (n if k == budget - 1
+                                               else int(np.floor((k + 1) * width)))
+            window = order[lo:hi]
+            if not picks:
+                picks.append(window[0])
+                continue
+            nearest = [max(float(emb[i] @ emb[j]) for j in picks) for i in window]
+            picks.append(window[int(np.argmin(nearest))])
+        return ids[picks].tolist()
+
+    monkeypatch.setattr(select, "BLOCK_ROWS", 256)
+    for budget in (7, 150, 1000):
+        got = diversity_consistent_sample(ids, scores, emb.astype(np.float32), budget)
+        assert got.tolist() == plain(budget), budget
+
+
 def test_filters_record_why_rows_were_dropped():
     frame = pd.DataFrame({"sample_id": range(8),
                           "samples.duplicate_of": pd.array([None, None, 0, None, None, None,
@@ -518,7 +551,7 @@ def test_export_round_trip_is_verbatim(fmt, tmp_path):
     n_chars = {i: float(len(json.dumps(r))) for i, r in enumerate(records)}
     ws.write_score("size", pd.DataFrame({"sample_id": list(n_chars),
                                          "n_chars": list(n_chars.values())}), {})
-    export_jsonl(ws, chosen, out, with_scores=["n_chars"])
+    export_jsonl(ws, chosen, out, with_scores=["n_chars"], force=True)
     assert out.read_bytes() == "".join(
         json.dumps({**records[i], "n_chars": n_chars[i]}, ensure_ascii=False) + "\n"
         for i in expect).encode("utf-8")
@@ -590,6 +623,6 @@ def test_failed_export_leaves_no_file_and_no_temp(scored_ws, tmp_path):
     out.write_text("previous\n")
     # a score field that collides with a record field fails midway through the write
     with pytest.raises(InputError, match="already has a field 'claude_ge_4_5'"):
-        export_jsonl(scored_ws, [0, 1], out, with_scores=["claude_ge_4_5"])
+        export_jsonl(scored_ws, [0, 1], out, with_scores=["claude_ge_4_5"], force=True)
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
