@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from .errors import InputError
 from .progress import Progress, report
@@ -94,11 +95,19 @@ def build_demo(name: str = "alpaca", progress: Progress | None = None,
     return ws
 
 
+def shipped_scores_dir(name: str = "alpaca") -> Path:
+    """Where the repository keeps a demo's precomputed score files."""
+    return REPO / "demo" / DEMOS[name]["folder"] / "scores"
+
+
 def _copy_demo_scores(name: str, ws: Workspace) -> None:
-    """Copy precomputed score files shipped with the repo, when they match these samples."""
+    """Copy precomputed score files shipped with the repo, when they match these samples.
+
+    The sidecar keeps its cache key, so ``score ifd`` on this workspace treats the copied
+    rows as done (and extends them) unless asked to recompute."""
     from . import atomic
 
-    shipped = REPO / "demo" / DEMOS[name]["folder"] / "scores"
+    shipped = shipped_scores_dir(name)
     if not shipped.is_dir():
         return
     for meta_path in sorted(shipped.glob("*.json")):
@@ -113,18 +122,89 @@ def _copy_demo_scores(name: str, ws: Workspace) -> None:
             shutil.copyfile(meta_path, dest / meta_path.name)
 
 
+def score_command(step: str, params: dict, workspace: str = "WORKSPACE",
+                  with_reverse: bool = False) -> str:
+    """The CLI command that recomputes a score file with the parameters in its sidecar."""
+    if step in ("scores/ifd.parquet", "scores/rifd.parquet"):
+        cmd = [f"python -m core score ifd --workspace {workspace}"]
+        if "template" in params:
+            cmd.append(f"--template {params['template']}")
+        cmd.append(f"--max-length {params.get('max_length', 512)}")
+        cmd.append(f"--dtype {params.get('dtype', 'auto')}")
+        if with_reverse or step == "scores/rifd.parquet":
+            cmd.append("--with-reverse")
+        return " ".join(cmd)
+    raise ValueError(f"no command known for step {step!r}")
+
+
+def ship_scores(ws: Workspace, name: str = "alpaca", scores: Sequence[str] = ("ifd", "rifd")
+                ) -> list[Path]:
+    """Copy finished score files of a demo workspace into the repository as demo data.
+
+    Each shipped sidecar gets a ``precomputed`` entry (the command that recomputes it), which
+    the app shows to say where the numbers came from. Maintainers run this once after a full
+    scoring run (``python -m core demo alpaca --ship-scores ifd,rifd``)."""
+    from . import atomic
+
+    dest = shipped_scores_dir(name)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for score in scores:
+        meta = ws.score_meta(score)
+        if meta is None:
+            raise InputError(f"score {score!r} is not in {ws.root}", field="scores")
+        if meta.get("rows") != len(ws):
+            raise InputError(f"score {score!r} covers {meta.get('rows')} of {len(ws)} "
+                             "samples: finish the run before shipping it", field="scores")
+        meta = dict(meta)
+        meta["precomputed"] = {
+            "command": score_command(meta["step"], meta.get("params", {}),
+                                     f"workspaces/{DEMOS[name]['folder']}",
+                                     with_reverse="rifd" in scores),
+            "shipped_as": f"demo/{DEMOS[name]['folder']}/scores/{score}.parquet",
+        }
+        meta.pop("model_path", None)  # a path on the maintainer's machine means nothing here
+        shutil.copyfile(ws.path("scores", f"{score}.parquet"), dest / f"{score}.parquet")
+        atomic.write_json(dest / f"{score}.json", meta)
+        written.append(dest / f"{score}.parquet")
+    return written
+
+
+def precomputed_note(meta: dict | None) -> str | None:
+    """One sentence saying a score was shipped precomputed: by which command and model."""
+    shipped = (meta or {}).get("precomputed")
+    if not shipped:
+        return None
+    params = meta.get("params", {})
+    took = meta.get("duration_s")
+    hours = f" in {took / 3600:.1f} h" if took else ""
+    return (f"Precomputed for this demo ({meta.get('rows', 0):,} rows{hours}, "
+            f"{str(meta.get('created', ''))[:10]}) with {params.get('model', 'the model')} "
+            f"({params.get('dtype', '?')}, max_length {params.get('max_length', '?')}"
+            + (f", template {params['template']}" if "template" in params else "")
+            + f") by: {shipped.get('command', '?')}")
+
+
 def register_cli(sub) -> None:
     p = sub.add_parser("demo", help="build a demo workspace from ../shared/data",
                        description="Build (or finish building) a demo workspace: import, "
                                    "embed, neighbours, map. Resumes where it stopped.")
     p.add_argument("name", nargs="?", default="alpaca", choices=sorted(DEMOS))
     p.add_argument("--workspace", help="folder (default: workspaces/demo-<name>)")
+    p.add_argument("--ship-scores", metavar="NAMES",
+                   help="maintainers: copy these finished scores (e.g. ifd,rifd) of the demo "
+                        "workspace into demo/<name>/scores for new demo workspaces")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
     from .progress import TqdmProgress
 
+    if args.ship_scores:
+        ws = Workspace.open(args.workspace or demo_path(args.name))
+        for path in ship_scores(ws, args.name, [s.strip() for s in args.ship_scores.split(",")]):
+            print(f"shipped {path.relative_to(REPO)} ({path.stat().st_size / 1e6:.2f} MB)")
+        return 0
     with TqdmProgress(desc=f"demo {args.name}", unit="%") as bar:
         ws = build_demo(args.name, progress=bar, root=args.workspace)
     print(f"demo workspace ready: {ws.root} ({len(ws):,} samples)")

@@ -1,0 +1,137 @@
+"""Precomputed demo scores: shipped with the repo, copied into a new demo workspace only when
+they belong to its samples, equal to a fresh computation, and announced in the app."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import lm_reference as ref
+from ui_fixture import REPO, fixture_ws  # noqa: F401
+
+from core import demo
+from core.atomic import read_json
+from core.ifd import run_ifd
+from core.lm import load_causal_lm
+from core.pipeline import import_to_workspace
+from core.workspace import Workspace
+
+SHIPPED = REPO / "demo" / "demo-alpaca" / "scores"
+
+
+@pytest.fixture(scope="module")
+def alpaca_ws(data_dir, tmp_path_factory):
+    """A workspace of the real demo rows, imported only (no embeddings needed here)."""
+    ws, _ = import_to_workspace([data_dir / "alpaca_random_9k.jsonl.gz"],
+                                tmp_path_factory.mktemp("demo") / "demo-alpaca")
+    return ws
+
+
+def _tiny_ws(root, n=5):
+    frame = pd.DataFrame({"instruction": [f"Say {i}." for i in range(n)], "input": [""] * n,
+                          "output": [f"{i}" for i in range(n)]})
+    root.mkdir(parents=True)
+    path = root / "in.jsonl"
+    frame.to_json(path, orient="records", lines=True)
+    ws, _ = import_to_workspace([path], root / "ws")
+    return ws
+
+
+def test_ship_then_copy_only_into_matching_samples(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "shipped_scores_dir", lambda name="alpaca": tmp_path / "shipped")
+    ws = _tiny_ws(tmp_path / "a")
+    ids = ws.samples(["sample_id"])["sample_id"].to_numpy()
+    params = {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "template": "none",
+              "max_length": 512}
+    ws.write_score("ifd", pd.DataFrame({"sample_id": ids, "ifd": np.linspace(0.5, 0.9, 5)}),
+                   {"step": "scores/ifd.parquet", "key": "k1", "params": params, "rows": 4,
+                    "inputs": {"samples": ws.samples_fingerprint()}, "model_path": "/x"})
+    with pytest.raises(Exception, match="4 of 5"):
+        demo.ship_scores(ws, scores=["ifd"])  # a partial run is not demo data
+    meta = ws.score_meta("ifd") | {"rows": 5}
+    ws.write_score("ifd", ws.read_score("ifd"), meta)
+    demo.ship_scores(ws, scores=["ifd"])
+    shipped = read_json(tmp_path / "shipped" / "ifd.json")
+    assert shipped["key"] == "k1" and "model_path" not in shipped
+    assert shipped["precomputed"]["command"] == (
+        "python -m core score ifd --workspace workspaces/demo-alpaca --template none "
+        "--max-length 512 --dtype float32")
+
+    same = _tiny_ws(tmp_path / "b")
+    demo._copy_demo_scores("alpaca", same)
+    assert same.read_score("ifd").equals(ws.read_score("ifd"))
+    note = demo.precomputed_note(same.score_meta("ifd"))
+    assert "python -m core score ifd" in note and "float32" in note and "5 rows" in note
+
+    other = _tiny_ws(tmp_path / "c", n=4)
+    demo._copy_demo_scores("alpaca", other)
+    assert other.score_names() == []  # other samples: nothing copied
+    assert demo.precomputed_note(other.score_meta("ifd")) is None
+
+
+def test_shipped_demo_scores_cover_the_demo_and_match_the_reference(alpaca_ws):
+    """The committed IFD / r-IFD files belong to the real demo rows, score every row (or say
+    why not), equal a plain per-sample computation on a few rows, and are a cache hit for
+    ``score ifd`` on a fresh demo workspace (the cache key does not depend on the machine)."""
+    ws = alpaca_ws
+    demo._copy_demo_scores("alpaca", ws)
+    assert ws.score_names() == ["ifd", "rifd"]
+    for name, score, reason in (("ifd", "ifd", "missing_reason"),
+                                ("rifd", "rifd", "rifd_missing_reason")):
+        frame = ws.read_score(name)
+        meta = ws.score_meta(name)
+        assert len(frame) == len(ws) == meta["rows"] == 9229
+        assert frame["sample_id"].tolist() == sorted(ws.samples(["sample_id"])["sample_id"])
+        finite = np.isfinite(frame[score])
+        assert (finite != frame[reason].notna()).all()  # a score, or a reason: never both
+        assert finite.mean() > 0.99
+        assert meta["params"]["dtype"] == "float32" and "precomputed" in meta
+
+    lm = load_causal_lm(dtype="float32")
+    samples = ws.samples().set_index("sample_id")
+    ifd, rifd = ws.read_score("ifd").set_index("sample_id"), \
+        ws.read_score("rifd").set_index("sample_id")
+    picked = ifd.index[np.isfinite(ifd["ifd"])][[0, 1000, 5000, 9000]]
+    for i in picked:
+        row = samples.loc[i]
+        want = ref.ifd_one(lm.model, lm.tokenizer, row["instruction"], row["input"],
+                           row["output"], "none", 512)
+        assert math.isclose(ifd.loc[i, "ifd"], want["ifd"], rel_tol=1e-4)
+        want_r = ref.rifd_one(lm.model, lm.tokenizer, row["instruction"], row["input"],
+                              row["output"], 512)
+        assert math.isclose(rifd.loc[i, "rifd"], want_r["rifd"], rel_tol=1e-4)
+    again = run_ifd(ws, sample_ids=picked.tolist(), model=lm, with_reverse=True)
+    assert again["ifd"].cached and again["rifd"].cached
+
+
+def test_data_page_says_scores_were_precomputed_and_recomputes(fixture_ws, tmp_path,
+                                                                monkeypatch):
+    root = tmp_path / "ws"
+    shutil.copytree(fixture_ws.root, root)
+    ws = Workspace.open(root)
+    meta = ws.score_meta("ifd")
+    meta["precomputed"] = {"command": "python -m core score ifd --workspace W --dtype float32"}
+    ws.write_score("ifd", ws.read_score("ifd"), meta)
+    before = ws.read_score("ifd")
+
+    monkeypatch.setenv("CHERRYPICK_WORKSPACE", str(root))
+    monkeypatch.setenv("CHERRYPICK_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/data.py").run()
+    assert not at.exception, at.exception
+    notes = [i.value for i in at.info if i.value.startswith("Precomputed for this demo")]
+    assert notes and "python -m core score ifd --workspace W" in notes[0]
+
+    at.button(key="ifd_recompute").click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    after = Workspace.open(root)
+    assert "precomputed" not in after.score_meta("ifd")  # computed here, so no longer shipped
+    assert after.read_score("ifd")["sample_id"].tolist() == before["sample_id"].tolist()
+    np.testing.assert_allclose(after.read_score("ifd")["ifd"], before["ifd"], rtol=1e-4)
+    assert not [i for i in at.info if i.value.startswith("Precomputed for this demo")]
