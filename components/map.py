@@ -56,7 +56,8 @@ def colour_label(column: str) -> str:
 def colour_columns(frame: pd.DataFrame) -> list[str]:
     """Columns of the Explore frame a map can be coloured by, in a sensible order."""
     fixed = {"sample_id", "source_row", "x", "y", "preview", "cluster_title", "instruction",
-             "input", "output", "record", "duplicate_of"}
+             "input", "output", "record", "duplicate_of",
+             "map.cluster", "samples.duplicate_of"}  # recipe aliases added by components.pool
     numeric = [c for c in frame.columns if c not in fixed and
                (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
     scores = [c for c in numeric if "." in c]
@@ -94,27 +95,30 @@ def _category_name(value) -> str:
     return str(int(as_float)) if as_float.is_integer() else f"{as_float:g}"
 
 
-def _hovertemplate(label: str, value: str) -> str:
+def _hovertemplate(label: str, value: str, with_text: bool = True) -> str:
     """Hover label: sample id, the colour score, the escaped preview (the trace's text).
     Values come from plotly itself (marker colour or trace name), so the only per-point
     payload besides coordinates is the preview and the sample_id."""
     head = "#%{customdata}"
     if label:
         head += " · " + html.escape(label) + ": " + value
-    return head + "<br>%{text}<extra></extra>"
+    return head + ("<br>%{text}" if with_text else "") + "<extra></extra>"
 
 
 def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
                highlight: Iterable[int] | None = None,
                titles: dict[int, str] | None = None, show_titles: bool = True,
                point_size: float = 4.0, height: int = 640,
-               revision: str | None = None) -> go.Figure:
+               revision: str | None = None, hover_text: bool = True) -> go.Figure:
     """Scattergl map of ``frame`` coloured by ``colour`` (a column of the frame or None).
 
     ``highlight``: sample_ids drawn again on top as red rings (text-search matches).
     ``titles``: cluster id → title, written at the median point of each cluster.
     ``revision``: plotly ``uirevision`` (keep it per workspace, so zoom survives a colour
     change). Rows without coordinates are left out.
+    ``hover_text``: put each sample's preview in its hover label. It is most of the figure's
+    size (about 6 MB at 50k points), so large maps leave it out and hover shows numbers.
+    Coordinates and colours go out as float32 (plotly sends numpy arrays as binary).
     """
     frame = frame[frame["x"].notna() & frame["y"].notna()]
     fig = go.Figure()
@@ -124,10 +128,11 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
     def add(part: pd.DataFrame, name: str, marker: dict, showlegend: bool,
             value: str = "%{fullData.name}") -> None:
         fig.add_trace(go.Scattergl(
-            x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=name,
-            marker=marker, customdata=part["sample_id"].to_numpy(np.int64),
-            text=part["preview"].to_numpy(), hovertemplate=_hovertemplate(label, value),
-            showlegend=showlegend))
+            x=part["x"].to_numpy(np.float32), y=part["y"].to_numpy(np.float32),
+            mode="markers", name=name, marker=marker,
+            customdata=part["sample_id"].to_numpy(np.int32),
+            text=part["preview"].to_numpy() if hover_text else None,
+            hovertemplate=_hovertemplate(label, value, hover_text), showlegend=showlegend))
 
     if colour is None or colour not in frame:
         add(frame, "samples", dict(marker_base, color="#1f77b4"), False)
@@ -148,7 +153,7 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
                 add(present[mask], name, dict(marker_base, color=PALETTE[i % len(PALETTE)]),
                     True)
         else:
-            add(present, label, dict(marker_base, color=present[colour].to_numpy(),
+            add(present, label, dict(marker_base, color=present[colour].to_numpy(np.float32),
                                      colorscale="Viridis", showscale=True,
                                      colorbar=dict(title=dict(text=html.escape(label)),
                                                    thickness=14)),

@@ -1,9 +1,9 @@
 """One shared, read-only frame of every sample with its map position and scores, for the
-Audit and Select & Export pages.
+Explore, Audit and Select & Export pages.
 
-``components.state.explore_frame`` caches with ``st.cache_data``, which hands every rerun a
-fresh copy (about 0.2 s at 50k rows); these pages redraw on every slider move and audit
-click, so they share one ``st.cache_resource`` copy instead and never modify it.
+It is cached with ``st.cache_resource``, keyed on the files it is built from: every page
+and rerun shares one copy (``st.cache_data`` would hand each rerun a fresh copy, about 0.2 s
+at 50k rows, on every slider move and audit click), so callers never modify it.
 """
 
 from __future__ import annotations

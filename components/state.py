@@ -92,7 +92,11 @@ def current_workspace() -> Workspace | None:
         st.session_state[WORKSPACE_KEY] = root
     if not Path(root, MANIFEST).is_file():
         return None
-    return Workspace(root)
+    try:
+        return Workspace.open(root)  # refuses a damaged manifest or a newer workspace format
+    except InputError as err:
+        st.error(str(err))
+        return None
 
 
 def set_workspace(root: str | os.PathLike) -> None:
@@ -145,17 +149,6 @@ def _score(root: str, name: str, key: str) -> pd.DataFrame:
 
 def load_score(ws: Workspace, name: str) -> pd.DataFrame:
     return _score(str(ws.root), name, file_key(ws.path("scores", name + ".parquet")))
-
-
-@st.cache_data(show_spinner="Loading the workspace…", max_entries=4)
-def _explore(root: str, key: str) -> pd.DataFrame:
-    return build_explore_frame(Workspace(root))
-
-
-def explore_frame(ws: Workspace) -> pd.DataFrame:
-    """The joined frame the Explore page draws (see :func:`build_explore_frame`), cached per
-    workspace content: changing the colour or the search never rebuilds it."""
-    return _explore(str(ws.root), workspace_key(ws))
 
 
 def numeric_sample_columns(samples: pd.DataFrame) -> list[str]:

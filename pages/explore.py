@@ -8,9 +8,11 @@ from components import state
 from components.histogram import score_histogram
 from components.inspector import search_samples, selection_table, show_sample
 from components.map import colour_columns, colour_label, map_figure, selected_ids
+from components.pool import pool
 
 SELECTED = "explore_selected_ids"  # sample_ids picked on the map (tests set it directly)
 MAP_KEY = "explore_map"
+HOVER_TEXT_LIMIT = 20_000  # above this, hover labels show numbers only (a 6 MB figure at 50k)
 
 state.ensure_shell()
 ws = state.current_workspace()
@@ -20,7 +22,7 @@ if ws is None:
     st.page_link("pages/data.py", label="Go to Data", icon=":material/upload_file:")
     st.stop()
 
-frame = state.explore_frame(ws)
+frame = pool(ws)
 if frame["x"].isna().all():
     st.title("Explore")
     st.info("This workspace has no map yet: run embeddings, neighbours and the map on the "
@@ -49,6 +51,13 @@ query = mid.text_input("Search instruction, input and output", key="explore_sear
 regex = right.checkbox("Regex", key="explore_regex")
 show_titles = right.checkbox("Titles", value=True, key="explore_titles")
 
+if colour is not None and "." in colour:
+    from core.demo import precomputed_note
+
+    note = precomputed_note(ws.score_meta(colour.split(".", 1)[0]))
+    if note:
+        st.caption(note + " (recompute on the Data page)")
+
 mask, problem = search_samples(frame, query, regex=regex)
 if problem:
     st.warning(problem)
@@ -56,8 +65,12 @@ matches = frame.loc[mask, "sample_id"].tolist() if query and not problem else No
 if matches is not None:
     st.caption(f"{len(matches):,} of {len(frame):,} samples match")
 
+hover_text = len(frame) <= HOVER_TEXT_LIMIT
 fig = map_figure(frame, colour, highlight=matches, titles=titles, show_titles=show_titles,
-                 revision=str(ws.root))
+                 revision=str(ws.root), hover_text=hover_text)
+if not hover_text:
+    st.caption(f"{len(frame):,} points: hover shows ids and scores only, to keep the map fast; "
+               "select points to read them below.")
 st.plotly_chart(fig, key=MAP_KEY, on_select=_remember_selection,
                 selection_mode=("lasso", "box", "points"), config={"displaylogo": False})
 

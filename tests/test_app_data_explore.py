@@ -106,6 +106,16 @@ def test_hover_text_and_titles_are_escaped(fixture_ws, frame):
     assert len(hover_preview("a" * 500, "b")) <= 120
 
 
+def test_large_maps_leave_hover_text_out(frame):
+    """Without hover text the figure carries numbers only: same points, a fraction of the
+    bytes (the preview is most of a 50k-point figure)."""
+    with_text = map_figure(frame, "ifd.ifd")
+    numbers = map_figure(frame, "ifd.ifd", hover_text=False)
+    assert all(t.text is None and "%{text}" not in t.hovertemplate for t in numbers.data)
+    assert [_trace_ids(t) for t in numbers.data] == [_trace_ids(t) for t in with_text.data]
+    assert len(numbers.to_json()) < 0.5 * len(with_text.to_json())
+
+
 def test_highlight_trace_holds_exactly_the_matches(frame):
     wanted = [3, 5, 300]
     fig = map_figure(frame, None, highlight=wanted)
