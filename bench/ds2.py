@@ -112,7 +112,9 @@ def draw_ratings(true: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.minimum((u[:, None] > np.cumsum(TRUE_T, axis=1)[true]).sum(axis=1), 5)
 
 
-def run(x: np.ndarray, true: np.ndarray, label: str) -> None:
+def run(x: np.ndarray, true: np.ndarray, label: str) -> dict:
+    """Time ``core.ds2.curate`` on ``x`` (kNN built first, not timed); print one line and
+    return the figures."""
     from core import ds2
 
     idx, sims = knn(x)
@@ -143,9 +145,12 @@ def run(x: np.ndarray, true: np.ndarray, label: str) -> None:
           f"T err max {err:.3f} mean {mean_err:.3f}  NN1 same class {same:.0%}  "
           f"AUROC {auroc:.3f}  flagged {frame['flagged'].mean():.1%}  "
           f"[{', '.join(stages)}]", flush=True)
+    return {"rows": len(x), "seconds": seconds, "t_err_max": err, "t_err_mean": mean_err,
+            "nn1_same_class": same, "auroc": float(auroc),
+            "flagged": float(frame["flagged"].mean()), "stages": stages}
 
 
-def plain_loop_baseline(x: np.ndarray, true: np.ndarray) -> None:
+def plain_loop_baseline(x: np.ndarray, true: np.ndarray) -> dict:
     """The reference's per-sample Python loops (HOC counting, one SimiFeat epoch) on the same
     graph and subsamples, against the engine's vectorised stages: the speed-up ratio."""
     from core import ds2
@@ -192,6 +197,8 @@ def plain_loop_baseline(x: np.ndarray, true: np.ndarray) -> None:
           f"{engine_hoc:.3f}s = {loop_hoc / engine_hoc:.0f}x; one SimiFeat epoch "
           f"{loop_epoch:.2f}s vs {engine_epoch:.3f}s = {loop_epoch / engine_epoch:.0f}x",
           flush=True)
+    return {"rows": len(x), "hoc_loop_s": loop_hoc, "hoc_engine_s": engine_hoc,
+            "epoch_loop_s": loop_epoch, "epoch_engine_s": engine_epoch}
 
 
 def main(argv=None) -> int:

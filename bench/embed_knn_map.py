@@ -72,14 +72,16 @@ def bench_embed(files: list[Path], baseline: bool = True
     return embed_files(files)
 
 
-def compare_with_plain_encode() -> None:
+def compare_with_plain_encode(n: int = 512, repeats: int = 2, offset: int = 0) -> dict:
+    """``embed_texts`` against a plain ``SentenceTransformer.encode`` of the same ``n`` real
+    rows (9k file, from row ``offset``), alternated, best of ``repeats`` each (the machine
+    is shared). Prints two lines and returns the seconds of both."""
     nine = read_rows(DATA / NINE_K)
-    texts = embed.embedding_text(nine.iloc[:512])
+    texts = embed.embedding_text(nine.iloc[offset:offset + n])
     model = embed.load_embedder()
     model.encode(texts[:64], normalize_embeddings=True)  # warm up
-    # alternate the two and keep each one's best of 2: the machine is shared
     plain, ours = np.inf, np.inf
-    for _ in range(2):
+    for _ in range(repeats):
         start = time.perf_counter()
         model.encode(texts, batch_size=64, normalize_embeddings=True)
         plain = min(plain, time.perf_counter() - start)
@@ -88,6 +90,8 @@ def compare_with_plain_encode() -> None:
         ours = min(ours, time.perf_counter() - start)
     line("plain SentenceTransformer.encode (baseline)", len(texts), plain)
     line("embed_texts (length-sorted batches)", len(texts), ours, f"ratio {plain / ours:.2f}x")
+    return {"rows": len(texts), "plain_s": plain, "engine_s": ours, "repeats": repeats,
+            "chars_per_row": float(np.mean([len(t) for t in texts]))}
 
 
 def embed_files(files: list[Path]) -> tuple[dict[int, np.ndarray], list[str]]:
@@ -117,42 +121,52 @@ def noisy_copies(base: np.ndarray, n: int, sigma: float = 0.02, seed: int = 0) -
     return out.astype(np.float32)
 
 
-def bench_knn(sets: dict[int, np.ndarray], k: int = 10, full_exact_up_to: int = 50_000,
-              sample_queries: int = 2_000) -> dict[int, tuple]:
-    """Exact vs HNSW. Above ``full_exact_up_to`` rows the exact search (N² work) is timed on
-    ``sample_queries`` random queries against the full index and scaled to N; HNSW recall is
-    measured on the same queries."""
+def knn_compare(x: np.ndarray, k: int = 10, full_exact_up_to: int = 50_000,
+                sample_queries: int = 2_000) -> dict:
+    """HNSW (as ``core.knn`` builds it) against exact search on ``x``: seconds and recall@k.
+
+    Above ``full_exact_up_to`` rows the exact search (N² work) is timed on
+    ``sample_queries`` random queries against the full index and scaled to N; HNSW recall
+    is measured on the same queries. Returns the figures and the graph (exact when it was
+    computed in full, else HNSW's)."""
     import faiss
 
-    print(f"\n== nearest neighbours (faiss, k={k}, {knn.thread_count()} threads) ==", flush=True)
-    graphs = {}
-    for n, x in sorted(sets.items()):
+    n = len(x)
+    start = time.perf_counter()
+    hidx, hsim = knn.knn_search(x, k=k, method="hnsw")
+    hnsw_s = time.perf_counter() - start
+    if n <= full_exact_up_to:
         start = time.perf_counter()
-        hidx, hsim = knn.knn_search(x, k=k, method="hnsw")
-        hnsw_s = time.perf_counter() - start
-        if n <= full_exact_up_to:
-            start = time.perf_counter()
-            idx, sim = knn.knn_search(x, k=k, method="exact")
-            exact_s = time.perf_counter() - start
-            line("exact (IndexFlatIP)", n, exact_s)
-            recall = knn.recall_at_k(hidx, idx)
-            graphs[n] = (idx, sim)
-            how = ""
-        else:
-            rows = np.random.default_rng(0).choice(n, sample_queries, replace=False)
-            index = faiss.IndexFlatIP(x.shape[1])
-            start = time.perf_counter()
-            index.add(x)
-            sims, found = index.search(x[rows], k + 1)
-            exact_s = (time.perf_counter() - start) * n / sample_queries
-            truth = np.array([[j for j in f if j != r][:k] for f, r in zip(found, rows)])
-            recall = knn.recall_at_k(hidx[rows], truth)
-            line("exact (IndexFlatIP), scaled from 2k queries", n, exact_s)
-            graphs[n] = (hidx, hsim)
-            how = f" (on {sample_queries:,} queries)"
-        line("hnsw (IndexHNSWFlat)", n, hnsw_s,
-             f"exact/hnsw {exact_s / hnsw_s:.2f}x  recall@{k} {recall:.4f}{how}")
-    return graphs
+        idx, sim = knn.knn_search(x, k=k, method="exact")
+        exact_s = time.perf_counter() - start
+        line("exact (IndexFlatIP)", n, exact_s)
+        recall = knn.recall_at_k(hidx, idx)
+        graph, queries = (idx, sim), n
+    else:
+        rows = np.random.default_rng(0).choice(n, sample_queries, replace=False)
+        faiss.omp_set_num_threads(knn.thread_count())
+        index = faiss.IndexFlatIP(x.shape[1])
+        start = time.perf_counter()
+        index.add(x)
+        sims, found = index.search(x[rows], k + 1)
+        exact_s = (time.perf_counter() - start) * n / sample_queries
+        truth = np.array([[j for j in f if j != r][:k] for f, r in zip(found, rows)])
+        recall = knn.recall_at_k(hidx[rows], truth)
+        line(f"exact (IndexFlatIP), scaled from {sample_queries:,} queries", n, exact_s)
+        graph, queries = (hidx, hsim), sample_queries
+    how = "" if queries == n else f" (on {queries:,} queries)"
+    line("hnsw (IndexHNSWFlat)", n, hnsw_s,
+         f"exact/hnsw {exact_s / hnsw_s:.2f}x  recall@{k} {recall:.4f}{how}")
+    return {"rows": n, "k": k, "hnsw_s": hnsw_s, "exact_s": exact_s, "recall": recall,
+            "exact_scaled": queries != n, "recall_queries": queries, "graph": graph}
+
+
+def bench_knn(sets: dict[int, np.ndarray], k: int = 10, full_exact_up_to: int = 50_000,
+              sample_queries: int = 2_000) -> dict[int, tuple]:
+    """Exact vs HNSW for every set (see ``knn_compare``); returns the graphs by size."""
+    print(f"\n== nearest neighbours (faiss, k={k}, {knn.thread_count()} threads) ==", flush=True)
+    return {n: knn_compare(x, k, full_exact_up_to, sample_queries)["graph"]
+            for n, x in sorted(sets.items())}
 
 
 def bench_map(sets: dict[int, np.ndarray], graphs: dict[int, tuple],
