@@ -26,17 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CACHE = REPO / "bench" / ".cache"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# A plausible LLM-rater confusion over the DS2 6-class scale: mostly right, off by one often.
-TRUE_T = np.array([
-    [0.70, 0.20, 0.06, 0.02, 0.01, 0.01],
-    [0.12, 0.68, 0.14, 0.04, 0.01, 0.01],
-    [0.03, 0.12, 0.68, 0.13, 0.03, 0.01],
-    [0.01, 0.03, 0.13, 0.68, 0.12, 0.03],
-    [0.01, 0.01, 0.04, 0.14, 0.68, 0.12],
-    [0.01, 0.01, 0.02, 0.06, 0.20, 0.70],
-])
+from ds2_truth import TRUE_T  # noqa: E402  (the known rater confusion, shared with the tests)
 
 
 def all_files() -> list[str]:

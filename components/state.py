@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from components.messages import show_error
 from core.errors import Cancelled, InputError
 from core.io import RESERVED
 from core.workspace import CLUSTERS, MANIFEST, MAP, SAMPLES, Workspace
@@ -95,7 +96,7 @@ def current_workspace() -> Workspace | None:
     try:
         return Workspace.open(root)  # refuses a damaged manifest or a newer workspace format
     except InputError as err:
-        st.error(str(err))
+        show_error(err)
         return None
 
 
@@ -277,7 +278,7 @@ def run_step(label: str, key: str, fn: Callable[..., Any], /, **kwargs) -> Any |
     try:
         result = fn(progress=progress, **kwargs)
     except InputError as err:
-        st.error(str(err))
+        show_error(err)
         return None
     except Cancelled:
         st.warning(f"{label}: cancelled. Finished chunks are kept; run it again to resume.")

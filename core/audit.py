@@ -18,8 +18,9 @@ Nothing is ever rewritten: an undo is a new line. The state is a fold of the log
 (``fold_log``): per (sample, column) a stack of decisions, ``undo`` pops it. The rating in
 force is the newest standing accept/keep/set (a later skip or reject leaves it alone); a
 sample is rejected when its newest standing decision other than skip is ``reject``. The log
-is the full history and survives restarts. A rating column may be named with or without the
-``ds2_`` prefix of its score file (``column_key``).
+is the full history and survives restarts. A decision names the exact rating column (any
+text: ``quality score``, ``a/b``) and is matched exactly; the name of its DS2 score file is
+``core.names.ds2_score_name``, never a second spelling of the column.
 
 Concurrency: every append takes an exclusive ``fcntl.flock`` on the log and writes the line
 with one ``write`` call, so two browser tabs (or a tab and the CLI) deciding at the same time
@@ -35,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ ACTIONS = ("accept", "keep", "set", "skip", "reject", "undo")
 #: Actions that put a rating in force (``current_decisions`` reports them).
 RATING_ACTIONS = ("accept", "keep", "set")
 FIELDS = ("time", "sample_id", "rating_column", "old", "suggested", "new", "action")
+
+
+class AuditLogWarning(RuntimeWarning):
+    """A line of ``audit.jsonl`` that is not a valid decision was skipped (the message names
+    the file and the line); the CLI prints it as one ``warning:`` line, the app shows it."""
 
 
 def audit_path(ws: Workspace) -> Path:
@@ -90,9 +97,19 @@ def _locked(ws: Workspace, mode: str) -> Iterator:
 
 def _write_line(fh, entry: dict) -> None:
     fh.seek(0, os.SEEK_END)
-    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    line = json.dumps(entry, ensure_ascii=False) + "\n"
+    if fh.tell() and not _ends_with_newline(fh.name):
+        line = "\n" + line  # after a cut-off last line (a crash mid-append): keep it apart
+    fh.write(line)
     fh.flush()
     os.fsync(fh.fileno())
+
+
+def _ends_with_newline(path) -> bool:
+    """Whether the (non-empty) file ends its last line."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def make_decision(sample_id: int, rating_column: str, action: str, *, old=None,
@@ -118,8 +135,12 @@ def make_decision(sample_id: int, rating_column: str, action: str, *, old=None,
             raise InputError("set needs the new rating", field="new")
     elif action in ("skip", "reject"):
         new = None
-    return {"time": _now(), "sample_id": int(sample_id), "rating_column": str(rating_column),
-            "old": old, "suggested": suggested, "new": new, "action": action}
+    entry = {"time": _now(), "sample_id": int(sample_id), "rating_column": str(rating_column),
+             "old": old, "suggested": suggested, "new": new, "action": action}
+    why = entry_problem(entry)  # never write a line the reader would skip
+    if why is not None:
+        raise InputError(f"not a valid audit decision: {why}")
+    return entry
 
 
 def append_decision(ws: Workspace, sample_id: int, rating_column: str, action: str, *,
@@ -135,37 +156,80 @@ def append_decision(ws: Workspace, sample_id: int, rating_column: str, action: s
     return entry
 
 
-def _parse(lines: list[str], source: str) -> list[dict]:
-    """Decisions from the log's lines. A cut-off last line (a crash in the middle of an
-    append) is ignored with a warning; any other unreadable line is an error naming it."""
+def _is_rating(value) -> bool:
+    """A rating in a decision: a finite number (not a boolean) or null."""
+    if value is None:
+        return True
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def entry_problem(entry) -> str | None:
+    """Why a parsed log line is not a decision ``make_decision`` could have written, or None.
+    Nothing is coerced: ``"sample_id": "3"`` or an unknown action is a problem, not a 3."""
+    if not isinstance(entry, dict):
+        return f"not a JSON object but {type(entry).__name__}"
+    action = entry.get("action")
+    if action not in ACTIONS:
+        return f"unknown action {action!r}"
+    sid = entry.get("sample_id")
+    if isinstance(sid, bool) or not isinstance(sid, int) or sid < 0:
+        return f"sample_id {sid!r} is not a sample id (a whole number ≥ 0)"
+    column = entry.get("rating_column")
+    if not isinstance(column, str) or not column:
+        return f"rating_column {column!r} is not a column name"
+    for key in ("old", "suggested", "new"):
+        if not _is_rating(entry.get(key)):
+            return f"{key} {entry.get(key)!r} is not a rating (a number or null)"
+    if action in RATING_ACTIONS and entry.get("new") is None:
+        return f"a {action} without its new rating"
+    return None
+
+
+def _parse(data: bytes, source: str, problems: list[str] | None = None) -> list[dict]:
+    """Decisions from the log's bytes. A line that is not a valid decision (not UTF-8, not
+    JSON, a cut-off last line after a crash mid-append, a hand edit) is skipped with an
+    ``AuditLogWarning`` naming the line, and its message is appended to ``problems``: the
+    other decisions still count, and the bad line is never read as something else. Lines
+    end at a newline byte only (a rating column may hold U+2028, which ``splitlines`` would
+    cut)."""
     entries = []
+    lines = data.split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, line in enumerate(lines):
-        if not line.strip():
+    for number, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict) or entry.get("action") not in ACTIONS:
-                raise ValueError("not a decision")
-            entry["sample_id"] = int(entry["sample_id"])
-        except (ValueError, KeyError, TypeError):
-            if number == last:
-                warnings.warn(f"{source}: ignored a cut-off last line", RuntimeWarning,
-                              stacklevel=3)
-                break
-            raise InputError(f"line {number + 1} is not an audit decision; fix or remove "
-                             "it by hand", file=source, row=number) from None
-        entries.append(entry)
+            entry = json.loads(raw.decode("utf-8"))
+            why = entry_problem(entry)
+        except UnicodeDecodeError:
+            why = "not valid UTF-8"
+        except (ValueError, RecursionError) as err:
+            why = ("a cut-off last line (a crash while writing it?)" if number == last else
+                   f"not valid JSON ({' '.join(str(err).split())[:120]})")
+        if why is None:
+            entries.append(entry)
+            continue
+        message = (f"{source}, line {number + 1}: skipped, {why}; fix or delete that line "
+                   "by hand")
+        warnings.warn(message, AuditLogWarning, stacklevel=3)
+        if problems is not None:
+            problems.append(message)
     return entries
 
 
-def read_log(ws: Workspace) -> list[dict]:
-    """Every decision in the order it was made (unreadable lines are skipped with a warning)."""
+def read_log(ws: Workspace, problems: list[str] | None = None) -> list[dict]:
+    """Every decision in the order it was made. Lines that are not valid decisions are
+    skipped with a warning naming the line (also appended to ``problems``, for the app)."""
     path = audit_path(ws)
     if not path.exists():
         return []
-    with open(path, "r", encoding="utf-8") as fh:
-        return _parse(fh.read().splitlines(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read the audit log ({type(err).__name__}: {err})",
+                         file=str(path)) from None
+    return _parse(data, str(path), problems)
 
 
 def log_frame(ws: Workspace | list[dict], rating_column: str | None = None) -> pd.DataFrame:
@@ -174,15 +238,9 @@ def log_frame(ws: Workspace | list[dict], rating_column: str | None = None) -> p
     entries = read_log(ws) if isinstance(ws, Workspace) else ws
     frame = pd.DataFrame(entries, columns=list(FIELDS))
     if rating_column is not None:
-        keep = frame["rating_column"].map(column_key) == column_key(rating_column)
+        keep = frame["rating_column"] == rating_column
         frame = frame[keep].reset_index(drop=True)
     return frame
-
-
-def column_key(rating_column: str) -> str:
-    """Decisions name the rated column (``claude_ge_4_5``); a ``ds2_`` score name given for
-    it (``ds2_claude_ge_4_5``) means the same column."""
-    return rating_column[len("ds2_"):] if rating_column.startswith("ds2_") else rating_column
 
 
 @dataclass
@@ -193,7 +251,7 @@ class AuditState:
     stacks: dict = field(default_factory=dict)
 
     def stack(self, sample_id: int, rating_column: str) -> list:
-        return self.stacks.get((int(sample_id), column_key(rating_column)), [])
+        return self.stacks.get((int(sample_id), rating_column), [])
 
     def in_force(self, sample_id: int, rating_column: str) -> dict | None:
         """The newest standing decision other than ``skip`` (a skip changes nothing)."""
@@ -216,15 +274,14 @@ class AuditState:
         return decided["action"] if decided else ("skip" if stack else "open")
 
     def samples(self, rating_column: str) -> list[int]:
-        want = column_key(rating_column)
         return [sid for (sid, column), stack in self.stacks.items()
-                if column == want and stack]
+                if column == rating_column and stack]
 
     def latest(self, rating_column: str, sample_id: int | None = None) -> dict | None:
         """The most recent standing decision in ``rating_column`` (or for one sample)."""
-        want, best = column_key(rating_column), None
+        best = None
         for (sid, column), stack in self.stacks.items():
-            if column != want or not stack:
+            if column != rating_column or not stack:
                 continue
             if sample_id is not None and sid != int(sample_id):
                 continue
@@ -238,7 +295,7 @@ def fold_log(entries: list[dict]) -> AuditState:
     (an undo with nothing to undo is ignored)."""
     state = AuditState()
     for index, entry in enumerate(entries):
-        key = (int(entry["sample_id"]), column_key(entry["rating_column"]))
+        key = (int(entry["sample_id"]), entry["rating_column"])
         stack = state.stacks.setdefault(key, [])
         if entry["action"] == "undo":
             if stack:
@@ -280,10 +337,9 @@ def rejected_ids(ws: Workspace, rating_column: str | None = None) -> set[int]:
 
 def rejected_in(state: AuditState, rating_column: str | None = None) -> set[int]:
     """``rejected_ids`` from an already folded log (``fold_log(entries)``)."""
-    want = None if rating_column is None else column_key(rating_column)
     newest: dict[int, tuple[int, str]] = {}
     for (sid, column), stack in state.stacks.items():
-        if want is not None and column != want:
+        if rating_column is not None and column != rating_column:
             continue
         for index, entry in reversed(stack):
             if entry["action"] != "skip":
@@ -309,14 +365,13 @@ def undo_last(ws: Workspace, rating_column: str, sample_id: int | None = None) -
     and ``new`` = the rating in force afterwards (None: DS2's curated rating applies again).
     """
     with _locked(ws, "a+") as fh:
-        fh.seek(0)
-        entries = _parse(fh.read().splitlines(), str(audit_path(ws)))
+        entries = _parse(audit_path(ws).read_bytes(), str(audit_path(ws)))
         state = fold_log(entries)
         target = state.latest(rating_column, sample_id)
         if target is None:
             return None
         sid = int(target["sample_id"])
-        state.stacks[(sid, column_key(rating_column))].pop()
+        state.stacks[(sid, rating_column)].pop()
         entry = {"time": _now(), "sample_id": sid, "rating_column": target["rating_column"],
                  "old": target["new"], "suggested": target.get("suggested"),
                  "new": state.rating(sid, rating_column), "action": "undo"}

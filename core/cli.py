@@ -14,15 +14,26 @@ import sys
 import warnings
 from pathlib import Path
 
+from .args import non_negative_int, positive_int, seed
 from .errors import Cancelled, InputError
+from .text import terminal_safe
 
 # Modules that add subcommands (each has register_cli), in help order.
 AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.ifd", "core.rate", "core.ds2",
                 "core.select", "core.export", "core.demo")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is bad input like any other: one ``error: ...`` line on stderr and
+    exit status 2, not argparse's usage block (``--help`` still prints the usage). The
+    subcommands' parsers are of this class too (argparse makes them with the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {terminal_safe(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m core",
         description="Cherrypick: score, explore, curate and export instruction-tuning data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -41,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {terminal_safe(err)}", file=sys.stderr)
         return 2
     except Cancelled:
         print("cancelled; finished chunks are kept, rerun to resume", file=sys.stderr)
@@ -55,14 +66,17 @@ _default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings meant for the person (a damaged cache file recomputed) print as one line;
-    others keep Python's format, with the source location a developer needs."""
+    """Warnings meant for the person (a damaged cache file recomputed, a skipped audit-log
+    line) print as one line; others keep Python's format, with the source location a
+    developer needs. Either way the message is terminal-safe (it may quote data)."""
+    from .audit import AuditLogWarning
     from .workspace import DamagedFileWarning
 
-    if issubclass(category, DamagedFileWarning):
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+    text = terminal_safe(message)
+    if issubclass(category, (DamagedFileWarning, AuditLogWarning)):
+        print(f"warning: {text}", file=sys.stderr, flush=True)
     else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        _default_showwarning(text, category, filename, lineno, file, line)
 
 
 # ----------------------------------------------------------------------------------------
@@ -80,11 +94,12 @@ def _register_import(sub) -> None:
                    help="column mapping, e.g. instruction=prompt,output=completion")
     p.add_argument("--skip-invalid", action="store_true",
                    help="import the valid rows and write a report of the skipped ones")
-    p.add_argument("--sample", type=int, metavar="N", help="import a random subset of N rows")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
-    p.add_argument("--limit", type=int, metavar="N", help="import the first N rows")
+    p.add_argument("--sample", type=positive_int, metavar="N",
+                   help="import a random subset of N rows")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --sample (default 0)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="import the first N rows")
     p.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8)")
-    p.add_argument("--max-chars", type=int, default=None,
+    p.add_argument("--max-chars", type=non_negative_int, default=None,
                    help="longest allowed field in characters (default 1,000,000; 0 = no limit)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing workspace")
     p.set_defaults(func=_cmd_import)
@@ -102,14 +117,14 @@ def _cmd_import(args) -> int:
         overwrite=args.overwrite)
     n = len(result.samples)
     dups = int(result.samples["duplicate_of"].notna().sum())
-    print(f"imported {n:,} samples ({result.format}) into {ws.root}")
+    print(terminal_safe(f"imported {n:,} samples ({result.format}) into {ws.root}"))
     if dups:
         print(f"  {dups:,} exact duplicates flagged in column duplicate_of (kept)")
     for note in result.notes:
-        print(f"  note: {note}")
+        print(f"  note: {terminal_safe(note)}")
     if result.skipped:
-        print(f"  skipped {len(result.skipped):,} invalid rows; reasons in "
-              f"{ws.path('import_report.json')}")
+        print(terminal_safe(f"  skipped {len(result.skipped):,} invalid rows; reasons in "
+                            f"{ws.path('import_report.json')}"))
     return 0
 
 
@@ -125,11 +140,11 @@ def _cmd_info(args) -> int:
 
     info = Workspace.open(args.workspace).info()
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(info, indent=2, default=str))  # JSON escapes every control
         return 0
     src = info["source"] or {}
-    print(f"workspace  {info['workspace']}")
-    print(f"source     {src.get('path')} ({src.get('format')})")
+    print(terminal_safe(f"workspace  {info['workspace']}"))
+    print(terminal_safe(f"source     {src.get('path')} ({src.get('format')})"))
     counts = info["counts"]
     print(f"samples    {counts['samples']:,} ({counts.get('duplicates', 0):,} exact duplicates)")
     for step, meta in info["steps"].items():
@@ -137,12 +152,13 @@ def _cmd_info(args) -> int:
             print(f"{step:<10} -")
         else:
             params = ", ".join(f"{k}={v}" for k, v in (meta["params"] or {}).items())
-            print(f"{step:<10} done {meta['created']} ({meta['duration_s']} s) {params}")
+            print(terminal_safe(f"{step:<10} done {meta['created']} ({meta['duration_s']} s) "
+                                f"{params}"))
     if not info["scores"]:
         print("scores     none")
     for name, meta in info["scores"].items():
         params = ", ".join(f"{k}={v}" for k, v in (meta["params"] or {}).items())
-        print(f"score      {name}: {meta.get('rows')} rows; {params}")
+        print(terminal_safe(f"score      {name}: {meta.get('rows')} rows; {params}"))
     return 0
 
 

@@ -199,13 +199,15 @@ def register_cli(sub) -> None:
 
 def _cmd_demo(args) -> int:
     from .progress import TqdmProgress
+    from .text import terminal_safe
 
     if args.ship_scores:
         ws = Workspace.open(args.workspace or demo_path(args.name))
         for path in ship_scores(ws, args.name, [s.strip() for s in args.ship_scores.split(",")]):
-            print(f"shipped {path.relative_to(REPO)} ({path.stat().st_size / 1e6:.2f} MB)")
+            print(terminal_safe(f"shipped {path.relative_to(REPO)} "
+                                f"({path.stat().st_size / 1e6:.2f} MB)"))
         return 0
     with TqdmProgress(desc=f"demo {args.name}", unit="%") as bar:
         ws = build_demo(args.name, progress=bar, root=args.workspace)
-    print(f"demo workspace ready: {ws.root} ({len(ws):,} samples)")
+    print(terminal_safe(f"demo workspace ready: {ws.root} ({len(ws):,} samples)"))
     return 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .names import check_score_owner, ds2_score_name
 from .progress import Progress, report
 
 SCALES = ("classes", "ds2-10", "0-5", "1-5")
@@ -155,6 +155,9 @@ def to_classes(values: Any, scale: str | Mapping | None = None, *,
             if not isinstance(cls, (int, np.integer)) or isinstance(cls, bool) or cls < 0:
                 raise InputError(f"mapping value for {key!r} must be a class ≥ 0, got {cls!r}",
                                  field=field)
+            if cls >= MAX_CLASSES:  # the cap of the scale path: K x K fits would not end
+                raise InputError(f"mapping value for {key!r} is class {int(cls)}, not a class "
+                                 f"label (at most {MAX_CLASSES - 1})", field=field)
             k = _as_number(key)
             table[("num", k) if isinstance(k, float) else ("str", str(key))] = int(cls)
         raw = np.asarray(values.to_numpy() if isinstance(values, pd.Series) else values,
@@ -757,11 +760,6 @@ class CurationRun:
     cached: bool
 
 
-def score_name(rating_column: str) -> str:
-    """``ds2_<column>`` with characters unsafe in file names replaced by ``_``."""
-    return "ds2_" + re.sub(r"[^A-Za-z0-9_-]+", "_", rating_column)
-
-
 def _parse_scale(scale):
     if isinstance(scale, str) and scale.strip().startswith("{"):
         try:
@@ -838,7 +836,8 @@ def _ratings_from_file(ws, path: str | Path, column: str) -> tuple[pd.Series, np
 def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, k: int = 10,
                ratings_file: str | Path | None = None, progress: Progress | None = None,
                force: bool = False, rater: str | None = None, **options) -> CurationRun:
-    """Curate one rater's ratings in a workspace: ``scores/ds2_<column>.parquet`` + sidecar.
+    """Curate one rater's ratings in a workspace: ``scores/ds2_<column>.parquet`` + sidecar
+    (the name is ``core.names.ds2_score_name``; the sidecar keeps the exact column).
 
     Ratings come from the samples column ``rating_column``, from ``ratings_file`` (JSONL,
     JSON or CSV keyed by ``sample_id`` or ``source_row``), or from a rater of ``core.rate``
@@ -872,7 +871,9 @@ def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, 
     if len(classes) != len(knn_indices):
         raise InputError(f"the kNN graph has {len(knn_indices)} rows for {len(classes)} "
                          "samples; rerun `neighbors`")
-    name = score_name(rating_column)
+    name = ds2_score_name(rating_column)
+    if not force:
+        check_score_owner(ws, rating_column)
     params = {"rating_column": rating_column, "scale": scale, "k": k, "seed": seed,
               "ratings_file": str(ratings_file) if ratings_file else None,
               "version": VERSION, **options}
@@ -908,6 +909,8 @@ def _sha256(path) -> str:
 # 6. CLI
 # =========================================================================================
 def register_cli(subparsers) -> None:
+    from .args import positive_int, seed
+
     p = subparsers.add_parser(
         "curate", help="DS2: find and repair noisy LLM ratings from neighbour consensus",
         description="Estimate the rater's noise transition matrix (HOC), flag ratings that "
@@ -927,14 +930,15 @@ def register_cli(subparsers) -> None:
                    help="explicit {raw value: class} mapping, e.g. '{\"low\": 0, \"high\": 1}'")
     p.add_argument("--ratings-file", metavar="PATH",
                    help="JSONL/JSON/CSV with sample_id or source_row and the rating column")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--k", type=int, default=10, help="neighbours that vote (default 10)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours that vote (default 10)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.set_defaults(func=_cmd_curate)
 
 
 def _cmd_curate(args) -> int:
     from .progress import TqdmProgress
+    from .text import terminal_safe
     from .workspace import Workspace
 
     if args.mapping and args.scale:
@@ -942,13 +946,17 @@ def _cmd_curate(args) -> int:
     scale = _parse_scale(args.mapping) if args.mapping else args.scale
     if args.mapping and not isinstance(scale, dict):
         raise InputError("--mapping must be a JSON object {raw value: class}", field="mapping")
+    if args.ratings_file and Path(args.ratings_file).is_dir():
+        raise InputError("is a folder; give the ratings file (JSONL, JSON or CSV)",
+                         file=args.ratings_file, field="ratings_file")
     ws = Workspace.open(args.workspace)
     with TqdmProgress(desc="curate", unit="step") as bar:
         run = run_curate(ws, args.rating_column, scale=scale, seed=args.seed, k=args.k,
                          ratings_file=args.ratings_file, progress=bar, force=args.force,
                          rater=args.rater)
-    print(format_summary(run.meta))
-    print(f"wrote {run.parquet}\n      {run.sidecar}" + (" (cached)" if run.cached else ""))
+    print(terminal_safe(format_summary(run.meta), keep_newlines=True))
+    print(terminal_safe(f"wrote {run.parquet}"))
+    print(terminal_safe(f"      {run.sidecar}") + (" (cached)" if run.cached else ""))
     return 0
 
 

@@ -255,6 +255,8 @@ def _model_path_or_none(model) -> str | None:
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``embed`` to the ``python -m core`` argument parser."""
+    from .args import positive_int
+
     p = subparsers.add_parser(
         "embed", help="embed every sample (sentence-transformers, resumable)",
         description="Write embeddings.npy: one L2-normalised float32 vector per sample. "
@@ -265,8 +267,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--text", choices=RECIPES, default="full",
                    help="what to embed: full = instruction+input+output (DS2), "
                         "instruction = instruction+input")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=2048,
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--chunk-size", type=positive_int, default=2048,
                    help="samples written per resumable chunk")
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=_cli_embed)
@@ -278,8 +280,11 @@ def _cli_embed(args) -> int:
     with TqdmProgress("embed", unit="sample") as bar:
         result = run_embed(ws, model=args.model, recipe=args.text, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, progress=bar, force=args.force)
+    from .text import terminal_safe
+
     what = "up to date" if result.cached else "wrote"
-    print(f"{what} {ws.path(EMBEDDINGS)}: {result.value.shape[0]} x {result.value.shape[1]} "
-          f"({result.meta.get('model')}, text={result.meta.get('recipe')}) "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(terminal_safe(f"{what} {ws.path(EMBEDDINGS)}: {result.value.shape[0]} x "
+                        f"{result.value.shape[1]} ({result.meta.get('model')}, "
+                        f"text={result.meta.get('recipe')}) in "
+                        f"{time.perf_counter() - start:.1f}s"))
     return 0

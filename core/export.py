@@ -3,6 +3,9 @@
 Each line is the sample's original record (``samples.record``) unchanged: Alpaca stays
 Alpaca, ShareGPT stays ShareGPT, OpenAI messages stay messages, and CSV/Parquet rows are JSON
 objects of their columns. Lines are in ``sample_id`` order, ``json.dumps(ensure_ascii=False)``.
+The one change: JSON has no NaN or Infinity (Python's reader accepts them, so a source may
+hold them), so such a number is written as ``null`` and counted per field in the manifest's
+``non_finite_as_null``; ``allow_nan=False`` guards every line that is written again.
 Chosen score columns can be added as extra top-level fields named after the column, and the
 curated rating (hand decisions from the audit log first, then DS2's curated rating) can be
 written into a field. The output and its manifest are written atomically; the workspace is
@@ -22,9 +25,10 @@ import pandas as pd
 
 from . import atomic
 from .errors import InputError
-from .select import (DS2_PREFIX, _float, _rating_key, audit_decisions, load_selection,
-                     resolve_columns, score_table)
-from .workspace import Workspace, now_iso, package_versions, sha256_file
+from .names import ds2_score_name, resolve_rating_column
+from .select import (_float, audit_decisions, load_selection, resolve_columns,
+                     score_sources, score_table)
+from .workspace import Workspace, frame_fingerprint, now_iso, package_versions, sha256_file
 
 
 def manifest_path(out_path: str | os.PathLike) -> Path:
@@ -34,18 +38,37 @@ def manifest_path(out_path: str | os.PathLike) -> Path:
     return out.with_name(stem + ".manifest.json")
 
 
+def check_out(out: Path) -> None:
+    """The output path must name a file: a folder (or a manifest path that is one), or a
+    parent that is a file, is a one-line ``InputError`` before anything is read or written
+    (``--force`` must never try to replace a folder)."""
+    for path in (out, manifest_path(out)):
+        if path.is_dir():
+            raise InputError("is a folder; give the output file, e.g. "
+                             f"{Path(path, 'subset.jsonl')}", file=str(path), field="out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot write here: {parent} is a file, not a folder",
+                                 file=str(out), field="out")
+            break
+
+
 def curated_ratings(ws: Workspace, rating_column: str) -> pd.Series:
-    """Curated rating per sample_id for ``rating_column``: a rating set by hand in the audit
-    log, else DS2's curated rating (``scores/ds2_<column>``), else missing."""
-    name = DS2_PREFIX + _rating_key(rating_column)
+    """Curated rating per sample_id for ``rating_column`` (the exact column, or its DS2
+    score name): a rating set by hand in the audit log for that column, else DS2's curated
+    rating (``core.names.ds2_score_name``), else missing."""
+    column = resolve_rating_column(ws, rating_column)
+    name = ds2_score_name(column)
     if name not in ws.score_names():
-        raise InputError(f"no DS2 scores for rating column '{_rating_key(rating_column)}' "
-                         f"(scores/{name}.parquet); run DS2 curation first")
+        raise InputError(f"no DS2 scores for rating column {column!r} "
+                         f"(scores/{name}.parquet); run DS2 curation first",
+                         field="write_back_rating")
     table = score_table(ws, [f"{name}.curated"])
     rating = pd.Series(table[f"{name}.curated"].to_numpy(dtype=object),
                        index=table["sample_id"].to_numpy())
     rating = rating.map(_as_rating)
-    for sid, value in audit_decisions(ws, rating_column).items():
+    for sid, value in audit_decisions(ws, column).items():
         if sid in rating.index:
             rating[sid] = _as_rating(value)
     return rating
@@ -60,9 +83,9 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
 
     - ``with_scores``: score columns (plain or qualified names, see ``select.score_table``)
       added to each record under the name given; a missing score is ``null``.
-    - ``write_back_rating``: a rating column (``claude_ge_4_5`` or ``ds2_claude_ge_4_5``)
-      whose curated rating is written into ``rating_field`` (default
-      ``<column>_curated``, so the raw rating stays as it was).
+    - ``write_back_rating``: a rating column (its exact name, e.g. ``claude_ge_4_5`` or
+      ``quality score``, or its DS2 score name, see ``core.names``) whose curated rating is
+      written into ``rating_field`` (default ``<column>_curated``, so the raw rating stays).
     - ``selection``: the saved selection's name (or its dict) to record in the manifest.
     - ``record``: also keep a copy of the manifest in the workspace's ``exports/``.
     - ``force``: replace an existing output or manifest (else that is an ``InputError``).
@@ -71,50 +94,52 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
     a failure (a full disk) leaves the previous export and its manifest as they were.
     """
     out = Path(out_path)
+    check_out(out)
     if not force:
         for existing in (out, manifest_path(out)):
             if existing.exists():
                 raise InputError("already exists; choose another name or pass --force to "
                                  "replace it", file=str(existing))
-    ids = _check_ids(ws, sample_ids)
+    # the samples are read once: the records written and the fingerprint in the manifest
+    # both come from this frame, so the manifest describes the data actually exported
+    samples = ws.samples()
+    samples_fingerprint = frame_fingerprint(samples)
+    ids = _check_ids(ws, sample_ids, len(samples))
     with_scores = [c for c in dict.fromkeys(with_scores) if c]
-    samples = ws.samples(["sample_id", "record"]).set_index("sample_id")
-    records = samples["record"].reindex(ids)
+    records = samples.set_index("sample_id")["record"].reindex(ids)
     extra: dict[str, np.ndarray | list] = {}
     summaries: dict[str, dict] = {}
     score_files: set[str] = set()
     if with_scores:
         table = score_table(ws, with_scores).set_index("sample_id").reindex(ids)
-        score_files.update(src for src, _ in resolve_columns(ws, with_scores).values())
+        where = resolve_columns(ws, with_scores)
+        score_files.update(src for src, _ in where.values())
         for col in with_scores:
-            extra[col] = [_json_value(v) for v in table[col].to_numpy(dtype=object)]
+            values = table[col]
+            if _integer_in_source(ws, *where[col]) and pd.api.types.is_float_dtype(values):
+                values = values.astype("Int64")  # a row missing from the file made it float
+            extra[col] = [_json_value(v) for v in values.to_numpy(dtype=object)]
             summaries[col] = _summary(table[col])
+    write_back = None
     if write_back_rating:
-        field = rating_field or f"{_rating_key(write_back_rating)}_curated"
+        column = resolve_rating_column(ws, write_back_rating)
+        field = rating_field or f"{column}_curated"
         if field in extra:
-            raise InputError(f"field '{field}' is both a score and the rating field; pass "
-                             "another rating_field")
-        rating = curated_ratings(ws, write_back_rating).reindex(ids)
+            raise InputError(f"field {field!r} is both a score and the rating field; pass "
+                             "another rating_field", field="rating_field")
+        rating = curated_ratings(ws, column).reindex(ids)
         extra[field] = [_json_value(v) for v in rating.to_numpy(dtype=object)]
         summaries[field] = _summary(rating)
-        score_files.add(DS2_PREFIX + _rating_key(write_back_rating))
+        score_files.add(ds2_score_name(column))
+        write_back = {"column": column, "field": field, "score": ds2_score_name(column)}
 
     lines_written = 0
+    non_finite: dict[str, int] = {}
     with atomic.atomic_path(out) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             for i, (sid, text) in enumerate(zip(ids, records.to_numpy())):
-                if extra:
-                    obj = json.loads(text)
-                    if not isinstance(obj, dict):
-                        raise InputError("record is not a JSON object; scores cannot be added",
-                                         row=int(sid))
-                    for name, values in extra.items():
-                        if name in obj:
-                            raise InputError(f"the record already has a field '{name}'; "
-                                             "choose another name", row=int(sid), field=name)
-                        obj[name] = values[i]
-                    text = json.dumps(obj, ensure_ascii=False)
-                fh.write(text)
+                fh.write(_export_line(text, {name: values[i] for name, values in extra.items()},
+                                      int(sid), non_finite))
                 fh.write("\n")
                 lines_written += 1
 
@@ -133,14 +158,14 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
                        "format": src.get("format")},
             "licence_note": src.get("licence_note"),
             "workspace": str(ws.root.resolve()),
-            "samples_sha256": ws.samples_fingerprint(),
-            "counts": {"workspace_samples": len(ws), "exported": lines_written},
+            "samples_sha256": samples_fingerprint,
+            "counts": {"workspace_samples": int(len(samples)), "exported": lines_written},
             "selection": sel,
             "with_scores": list(with_scores),
-            "write_back_rating": (None if not write_back_rating else
-                                  {"column": _rating_key(write_back_rating),
-                                   "field": rating_field or
-                                   f"{_rating_key(write_back_rating)}_curated"}),
+            "write_back_rating": write_back,
+            # JSON has no NaN or Infinity: such values in a record are written as null,
+            # counted here per top-level field
+            "non_finite_as_null": dict(sorted(non_finite.items())),
             "score_summaries": summaries,
             "scores": {name: _score_provenance(ws, name) for name in sorted(score_files)
                        if name not in ("map", "samples")},
@@ -170,15 +195,63 @@ def export_selection(ws: Workspace, name: str, out_path: str | os.PathLike,
 
 
 # --------------------------------------------------------------------------------------
-def _check_ids(ws: Workspace, sample_ids: Iterable[int]) -> np.ndarray:
+def _check_ids(ws: Workspace, sample_ids: Iterable[int], n: int) -> np.ndarray:
+    """``sample_ids`` sorted and unique, each one of the ``n`` samples read."""
     ids = np.asarray([int(i) for i in sample_ids], dtype=np.int64)
     ids = np.unique(ids)  # sorted, unique
-    n = len(ws)
     bad = ids[(ids < 0) | (ids >= n)]
     if len(bad):
         raise InputError(f"{len(bad)} sample ids are not in the workspace (it has ids 0.."
                          f"{n - 1}); first: {int(bad[0])}", file=str(ws.root))
     return ids
+
+
+def _export_line(text: str, extra: dict[str, Any], sid: int, non_finite: dict[str, int]) -> str:
+    """One output line: the stored record text verbatim, unless fields are added or it holds
+    NaN/Infinity (Python's JSON reader accepts them, JSON does not): then the record is
+    parsed, every non-finite number becomes null (counted per top-level field in
+    ``non_finite``), and it is written again with ``allow_nan=False`` as the guard."""
+    if not extra and "NaN" not in text and "Infinity" not in text:
+        return text  # json.dumps spells a non-finite float only as NaN, Infinity, -Infinity
+    try:
+        obj = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"the stored record is not JSON ({err}); re-import the source",
+                         row=sid, field="record") from None
+    if isinstance(obj, dict):
+        obj = {key: _finite(value, key, non_finite) for key, value in obj.items()}
+    else:
+        obj = _finite(obj, "(record)", non_finite)
+    if extra:
+        if not isinstance(obj, dict):
+            raise InputError("record is not a JSON object; scores cannot be added", row=sid)
+        for name, value in extra.items():
+            if name in obj:
+                raise InputError(f"the record already has a field {name!r}; choose another "
+                                 "name", row=sid, field=name)
+            obj[name] = value
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any, field: str, counts: dict[str, int]) -> Any:
+    """``value`` with every NaN/±Inf inside it replaced by None, counted under ``field``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        counts[field] = counts.get(field, 0) + 1
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, field, counts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v, field, counts) for v in value]
+    return value
+
+
+def _integer_in_source(ws: Workspace, source: str, column: str) -> bool:
+    """Whether ``column`` of the file ``source`` (``select.score_sources``) holds integers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(score_sources(ws)[source])
+    return pa.types.is_integer(schema.field(column).type)
 
 
 def _json_value(value: Any) -> Any:
@@ -270,9 +343,15 @@ def _cmd_export(args) -> int:
         manifest = export_all(ws, args.out, **kwargs)
     else:
         manifest = export_selection(ws, args.selection, args.out, **kwargs)
-    print(f"exported {manifest['rows']:,} of {manifest['counts']['workspace_samples']:,} "
-          f"samples ({manifest['format']}) to {args.out}")
-    print(f"manifest {manifest_path(args.out)}")
+    from .text import terminal_safe
+
+    print(terminal_safe(f"exported {manifest['rows']:,} of "
+                        f"{manifest['counts']['workspace_samples']:,} samples "
+                        f"({manifest['format']}) to {args.out}"))
+    print(terminal_safe(f"manifest {manifest_path(args.out)}"))
+    if manifest.get("non_finite_as_null"):
+        fields = ", ".join(f"{k} ({n:,})" for k, n in manifest["non_finite_as_null"].items())
+        print(terminal_safe(f"note: NaN/Infinity written as null (JSON has neither): {fields}"))
     if manifest.get("licence_note"):
-        print(f"licence: {manifest['licence_note']}")
+        print(terminal_safe(f"licence: {manifest['licence_note']}"))
     return 0

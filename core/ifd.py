@@ -66,6 +66,8 @@ REVERSE_TAIL = "\nGenerate the instruction for the above response.\n"
 
 DEFAULT_TOKEN_BUDGET = 2048   # tokens per forward batch (padded); see bench/README.md
 LOGIT_ROWS = 512              # scored positions projected onto the vocabulary at a time
+NLL_ROWS = 32                 # logit rows log-softmaxed at a time (stay in cache)
+BATCH_COST_TOKENS = 64        # fixed cost of one forward, in padded tokens (plan_batches)
 
 IFD_COLUMNS = ["loss_conditioned", "loss_direct", "ifd", "ifd_ppl", "answer_tokens",
                "truncated", "missing_reason"]
@@ -202,15 +204,46 @@ def _needs_full_head(model) -> bool:
                for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
 
 
+def plan_batches(lengths: Sequence[int], token_budget: int,
+                 batch_cost: int = BATCH_COST_TOKENS) -> list[tuple[int, int]]:
+    """Cut sequences sorted by length (longest first) into consecutive batches ``[lo, hi)``.
+
+    A batch is padded to its first (longest) sequence and holds at most ``token_budget``
+    padded tokens (a longer sequence goes alone). Of all such cuts this returns the one with
+    the fewest padded tokens plus ``batch_cost`` tokens per batch (dynamic programming), so
+    batches end where the lengths drop rather than wherever the budget runs out: on 200
+    Alpaca rows padding falls from 9.6 % to about 3 % of the tokens read (bench/README.md).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    best = np.zeros(n + 1)
+    first = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        # lengths[i] >= lengths[j - 1], so no batch ending at j holds more than this many
+        lo = max(0, j - max(1, token_budget // max(1, int(lengths[j - 1]))))
+        size = j - np.arange(lo, j)
+        padded = lengths[lo:j] * size
+        cost = np.where((padded <= token_budget) | (size == 1),
+                        best[lo:j] + padded + batch_cost, np.inf)
+        k = int(np.argmin(cost))
+        best[j], first[j] = cost[k], lo + k
+    cuts, j = [], n
+    while j > 0:
+        cuts.append((int(first[j]), j))
+        j = int(first[j])
+    return cuts[::-1]
+
+
 def sequence_losses(lm, sequences: Sequence[tuple[Sequence[int], int]],
                     token_budget: int = DEFAULT_TOKEN_BUDGET,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Mean NLL of the last ``n`` tokens of each ``(ids, n)``, batched; NaN where n == 0.
 
-    Sequences are sorted by length (longest first) and grouped so that a batch holds at most
-    ``token_budget`` padded tokens. Right padding without an attention mask is exact for a
-    causal model: real positions only attend to earlier real positions. Only the positions
-    predicting scored tokens go through the vocabulary projection, in fp32 log-softmax.
+    Sequences are sorted by length (longest first) and cut into batches of at most
+    ``token_budget`` padded tokens with the least padding (``plan_batches``). Right padding
+    without an attention mask is exact for a causal model: real positions only attend to
+    earlier real positions. Only the positions predicting scored tokens go through the
+    vocabulary projection, with an fp32 log-softmax (``_nll``).
     ``progress(tokens_done, tokens_total)`` is called after each batch.
     """
     import torch
@@ -221,7 +254,8 @@ def sequence_losses(lm, sequences: Sequence[tuple[Sequence[int], int]],
     if not todo:
         return out
     todo.sort(key=lambda i: -len(sequences[i][0]))
-    total_tokens = sum(len(sequences[i][0]) for i in todo)
+    lengths = [len(sequences[i][0]) for i in todo]
+    total_tokens = sum(lengths)
     done_tokens = 0
     body = model.base_model
     head = model.get_output_embeddings()
@@ -229,51 +263,59 @@ def sequence_losses(lm, sequences: Sequence[tuple[Sequence[int], int]],
     device = next(model.parameters()).device
     pad = int(lm.start_token_id)
     with torch.inference_mode():
-        lo = 0
-        while lo < len(todo):
-            width = len(sequences[todo[lo]][0])
-            hi = lo + max(1, token_budget // width)
+        for lo, hi in plan_batches(lengths, token_budget):
             batch = todo[lo:hi]
-            x = torch.full((len(batch), width), pad, dtype=torch.long)
-            rows, cols, targets, owner = [], [], [], []
+            x = torch.full((len(batch), lengths[lo]), pad, dtype=torch.long)
+            rows, cols, targets = [], [], []
             for r, i in enumerate(batch):
                 ids, n = sequences[i]
                 x[r, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
                 rows.extend([r] * n)
                 cols.extend(range(len(ids) - n - 1, len(ids) - 1))
                 targets.extend(ids[len(ids) - n:])
-                owner.extend([r] * n)
             x = x.to(device)
             rows_t = torch.as_tensor(rows, device=device)
             cols_t = torch.as_tensor(cols, device=device)
             targets_t = torch.as_tensor(targets, device=device)
             if full_head:
-                logits_all = model(input_ids=x).logits
-                picked = logits_all[rows_t, cols_t]
-                nll = _nll(picked, targets_t)
+                nll = _nll(model(input_ids=x).logits[rows_t, cols_t], targets_t)
             else:
-                hidden = body(input_ids=x).last_hidden_state[rows_t, cols_t]
-                nll = torch.cat([_nll(head(hidden[s:s + LOGIT_ROWS]),
-                                      targets_t[s:s + LOGIT_ROWS])
-                                 for s in range(0, hidden.shape[0], LOGIT_ROWS)])
-            owner_t = torch.as_tensor(owner, device=device)
+                nll = _head_nll(head, body(input_ids=x).last_hidden_state[rows_t, cols_t],
+                                targets_t)
             sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
-            sums.index_add_(0, owner_t, nll.double())
+            sums.index_add_(0, rows_t, nll.double())
             for r, i in enumerate(batch):
                 out[i] = float(sums[r]) / sequences[i][1]
-            done_tokens += sum(len(sequences[i][0]) for i in batch)
+            done_tokens += sum(lengths[lo:hi])
             if progress is not None:
                 progress(done_tokens, total_tokens)
-            lo = hi
     return out
 
 
-def _nll(logits, targets):
-    """Per-row NLL of ``targets`` under ``logits``, computed in fp32."""
+def _head_nll(head, hidden, targets):
+    """NLL of ``targets`` from final hidden states through the output projection, LOGIT_ROWS
+    positions at a time (so the [positions, vocabulary] logits never exist all at once)."""
     import torch
 
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]
+    return torch.cat([_nll(head(hidden[s:s + LOGIT_ROWS]), targets[s:s + LOGIT_ROWS])
+                      for s in range(0, hidden.shape[0], LOGIT_ROWS)])
+
+
+def _nll(logits, targets):
+    """Per-row NLL of ``targets`` under ``logits``, computed in fp32.
+
+    On CPU the rows are reduced ``NLL_ROWS`` at a time, so the fp32 copy of a bf16 block
+    (and the log-sum-exp's passes over it) stay in cache instead of streaming a
+    [512, 49k] fp32 array through memory three times."""
+    import torch
+
+    step = NLL_ROWS if logits.device.type == "cpu" else max(1, len(targets))
+    out = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    for s in range(0, len(targets), step):
+        block = logits[s:s + step].float()
+        out[s:s + step] = (torch.logsumexp(block, dim=-1)
+                           - block.gather(1, targets[s:s + step, None])[:, 0])
+    return out
 
 
 def _token_progress(progress: Progress | None, n_samples: int, note: str):
@@ -723,6 +765,8 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
 # ----- CLI ----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``score ifd`` and ``score recost`` to ``python -m core``."""
+    from .args import positive_int, seed
+
     score = subparsers.add_parser("score", help="LM scores: IFD / r-IFD, RECOST",
                                   description="Score samples with a causal language model.")
     sub = score.add_subparsers(dest="scorer", metavar="SCORER", required=True)
@@ -734,9 +778,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--workspace", required=True, help="workspace folder")
     _lm_arguments(p)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--sample", type=int, metavar="N", help="score a random subset of N")
-    group.add_argument("--limit", type=int, metavar="N", help="score the first N samples")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    group.add_argument("--sample", type=positive_int, metavar="N",
+                       help="score a random subset of N")
+    group.add_argument("--limit", type=positive_int, metavar="N",
+                       help="score the first N samples")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --sample (default 0)")
     p.add_argument("--with-reverse", action="store_true", help="also compute r-IFD")
     p.set_defaults(func=_cli_ifd)
 
@@ -746,22 +792,27 @@ def register_cli(subparsers) -> None:
     p.add_argument("--workspace", required=True, help="workspace folder")
     p.add_argument("--reference", required=True, metavar="PATH_OR_SELECTION",
                    help="trusted examples: a dataset file or a saved selection name")
-    p.add_argument("--k", type=int, default=5, help="demonstrations per sample (default 5)")
-    p.add_argument("--knowledge-length", type=int, default=None, metavar="N",
+    p.add_argument("--k", type=positive_int, default=5,
+                   help="demonstrations per sample (default 5)")
+    p.add_argument("--knowledge-length", type=positive_int, default=None, metavar="N",
                    help="longest demonstrations+sample sequence (default 2 x --max-length)")
     _lm_arguments(p)
     p.set_defaults(func=_cli_recost)
 
 
 def _lm_arguments(p) -> None:
+    from .args import positive_int
+
     p.add_argument("--model", default=None, metavar="PATH",
                    help="local Hugging Face causal-LM folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--template", choices=TEMPLATES, default="none",
                    help="prompt template (default none, as Superfiltering)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (512)")
+    p.add_argument("--max-length", type=positive_int, default=512,
+                   help="tokens per sequence (512)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto = fp32 on CPU (exact); bfloat16 is faster on CPU with AMX")
-    p.add_argument("--chunk-size", type=int, default=256, help="samples per resumable chunk")
+    p.add_argument("--chunk-size", type=positive_int, default=256,
+                   help="samples per resumable chunk")
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
 
 
@@ -791,6 +842,7 @@ def _summary(frame: pd.DataFrame, score: str, reason: str) -> str:
 
 
 def _cli_ifd(args) -> int:
+    from .text import terminal_safe
     from .workspace import Workspace
 
     ws = Workspace.open(args.workspace)
@@ -809,13 +861,14 @@ def _cli_ifd(args) -> int:
             continue
         frame = res.value[res.value["sample_id"].isin(ids)]
         state = "up to date" if res.cached else "wrote"
-        print(f"{state} {ws.path('scores', name + '.parquet')}")
-        print(_summary(frame, score, reason))
+        print(terminal_safe(f"{state} {ws.path('scores', name + '.parquet')}"))
+        print(terminal_safe(_summary(frame, score, reason), keep_newlines=True))
     print(f"done in {took:.1f}s")
     return 0
 
 
 def _cli_recost(args) -> int:
+    from .text import terminal_safe
     from .workspace import Workspace
 
     ws = Workspace.open(args.workspace)
@@ -826,7 +879,8 @@ def _cli_recost(args) -> int:
                          knowledge_max_length=args.knowledge_length, dtype=args.dtype,
                          progress=bar, chunk_size=args.chunk_size, force=args.force)
     state = "up to date" if res.cached else "wrote"
-    print(f"{state} {ws.path('scores', 'recost.parquet')}")
-    print(_summary(res.value, "recost", "recost_missing_reason"))
+    print(terminal_safe(f"{state} {ws.path('scores', 'recost.parquet')}"))
+    print(terminal_safe(_summary(res.value, "recost", "recost_missing_reason"),
+                        keep_newlines=True))
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0

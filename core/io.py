@@ -16,6 +16,14 @@ rendered as ``"System: ...\\n\\nUser: ...\\n\\nAssistant: ...\\n\\nUser: ..."`` 
 user turn and no system prompt gives that turn's text alone); A is the last assistant turn;
 turns after it are ignored for scoring (they stay in ``record``).
 
+Values are kept as read. JSON values stay as they are (NaN/Infinity too; export writes them
+as ``null`` and says so). CSV cells are text, exactly as in the file. Parquet values are read
+by pyarrow as Python values, never through a float column: integers stay integers (nullable
+ones included); types JSON has no value for get one documented text form in ``record``:
+binary → standard base64, date/time/timestamp → ISO 8601 (``2024-01-31``,
+``2024-01-31T12:00:00+00:00``), decimal → its exact digits (``"12.340"``), duration → ISO
+8601 (``P0DT0H1M30S``).
+
 Bad input raises ``InputError`` naming the file, the row and the field (strict, the default);
 with ``skip_invalid=True`` the valid rows are imported and each skipped row is reported with
 its reason.
@@ -269,47 +277,130 @@ def _array_stopped(path: Path, row: int, pos: int, text: str, reason: str,
 # --------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------
-def _read_table(data: bytes, path: Path, kind: str, encoding: str) -> pd.DataFrame:
-    import io as _io
-
+def _read_table(data: bytes, path: Path, kind: str, encoding: str, skipped: list[dict],
+                skip_invalid: bool) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(column names, [(source_row, record)]) of a CSV/TSV or Parquet file."""
     if not data.strip():
         raise InputError("file is empty", file=str(path))
     if kind == "parquet":
-        try:
-            return pd.read_parquet(_io.BytesIO(data))
-        except Exception as err:  # pyarrow raises several types
-            raise InputError(f"not a readable Parquet file ({err})", file=str(path)) from None
+        return _parquet_records(data, path)
     text = _decode(data, path, encoding)
     sep = "\t" if _logical_name(path).endswith(".tsv") else ","
+    return _csv_records(text, path, sep, skipped, skip_invalid)
+
+
+def _parquet_records(data: bytes, path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Rows of a Parquet file as Python values read by pyarrow, not through a pandas frame:
+    an int64 column with a null keeps its exact integers (pandas would make it float64 and
+    9007199254740993 would become 9007199254740992.0). Other types in ``_plain``."""
+    import io as _io
+
+    import pyarrow.parquet as pq
+
     try:
-        return pd.read_csv(_io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as err:
-        raise InputError(f"not a readable CSV file ({err})", file=str(path)) from None
+        table = pq.read_table(_io.BytesIO(data))
+    except Exception as err:  # pyarrow raises several types
+        raise InputError(f"not a readable Parquet file ({' '.join(str(err).split())[:300]})",
+                         file=str(path)) from None
+    meta = table.schema.pandas_metadata or {}
+    index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    keep = [i for i, name in enumerate(table.column_names) if name not in index]
+    names = [table.column_names[i] for i in keep]
+    columns = []
+    for i, name in zip(keep, names):
+        try:
+            columns.append([_plain(v) for v in table.column(i).to_pylist()])
+        except Exception as err:  # an Arrow type without a Python value
+            raise InputError(f"column of type {table.schema.field(i).type} cannot be read "
+                             f"({' '.join(str(err).split())[:200]})", file=str(path),
+                             field=str(name)) from None
+    return names, [(row, dict(zip(names, values))) for row, values in enumerate(zip(*columns))]
 
 
-def _table_records(frame: pd.DataFrame) -> Iterator[tuple[int, dict]]:
-    columns = list(frame.columns)
-    for row, values in enumerate(frame.itertuples(index=False, name=None)):
-        yield row, {c: _plain(v) for c, v in zip(columns, values)}
+def _csv_records(text: str, path: Path, sep: str, skipped: list[dict],
+                 skip_invalid: bool) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Rows of a CSV/TSV text as ``{column: text}``. Every cell stays text (CSV has no
+    types); a short row's missing cells are empty; blank lines are skipped. A row with more
+    cells than the header (an unquoted separator) shifts nothing: it is an error naming its
+    0-based data row, or skipped with ``skip_invalid``."""
+    import csv
+    import io as _io
+
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # --max-chars is the limit
+    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    names: list[str] | None = None
+    records: list[tuple[int, dict]] = []
+    row = 0
+    try:
+        for cells in reader:
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line
+            if names is None:
+                names = _header_names(cells)
+                continue
+            if len(cells) > len(names):
+                reason = (f"has {len(cells)} cells for {len(names)} columns (line "
+                          f"{reader.line_num}): quote a cell that holds {sep!r}")
+                if not skip_invalid:
+                    raise InputError(reason, file=str(path), row=row)
+                skipped.append({"source_row": row, "line": reader.line_num, "field": None,
+                                "reason": reason})
+            else:
+                cells = cells + [""] * (len(names) - len(cells))
+                records.append((row, dict(zip(names, cells))))
+            row += 1
+    except csv.Error as err:
+        raise InputError(f"not a readable CSV file (line {reader.line_num}: {err})",
+                         file=str(path), row=row) from None
+    if names is None:
+        raise InputError("file is empty", file=str(path))
+    return names, records
+
+
+def _header_names(cells: list[str]) -> list[str]:
+    """Column names as pandas would give them: an empty name is ``Unnamed: i``, a repeated
+    one gets ``.1``, ``.2``."""
+    names: list[str] = []
+    for i, name in enumerate(cells):
+        name = name or f"Unnamed: {i}"
+        base, n = name, 0
+        while name in names:
+            n += 1
+            name = f"{base}.{n}"
+        names.append(name)
+    return names
 
 
 def _plain(value: Any) -> Any:
-    """Turn numpy/pandas values into plain JSON-able Python values."""
+    """A Parquet value as a plain JSON value, kept verbatim where JSON has a type for it and
+    in a documented text form where it has not (see the module docstring): integers stay
+    integers, NaN/±Inf stay floats (export writes them as null and counts them), binary is
+    base64 text, date/time/timestamp ISO 8601 text, decimal its digits, duration ISO 8601."""
+    import base64
+    import datetime
+    import decimal
+
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, pd.Timestamp):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime and pd.Timestamp too
         return value.isoformat()
-    return value
+    if isinstance(value, datetime.timedelta):
+        return pd.Timedelta(value).isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return str(value)
 
 
 # --------------------------------------------------------------------------------------
@@ -475,11 +566,10 @@ def read_dataset(path: str | Path, format: str | None = None, mapping: dict | No
                          f"{first.decode()!r}); rename it .jsonl or pass --format alpaca, "
                          "sharegpt or messages", file=str(path))
     if kind in ("csv", "parquet"):
-        table = _read_table(data, path, kind, encoding)
-        if len(table) == 0:
+        columns, records = _read_table(data, path, kind, encoding, skipped, skip_invalid)
+        if not records and not skipped:
             raise InputError("file has no rows", file=str(path))
-        records = list(_table_records(table))
-        if not {"conversations", "messages"} & set(table.columns):
+        if not {"conversations", "messages"} & set(columns):
             detected = "alpaca"  # a table is Alpaca-like through its column mapping
     else:
         text = _decode(data, path, encoding)

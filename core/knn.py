@@ -74,6 +74,14 @@ def _validate(embeddings) -> np.ndarray:
     return x
 
 
+def check_k(k) -> int:
+    """``k`` as a count of neighbours: a whole number ≥ 1 (0 or a fraction would reach
+    faiss, which allocates N x (k + 1) results)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a whole number ≥ 1, not {k!r}", field="k")
+    return int(k)
+
+
 def knn_search(embeddings, k: int = 10, method: str = "auto",
                exact_threshold: int = EXACT_THRESHOLD, seed: int = 0,
                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +93,9 @@ def knn_search(embeddings, k: int = 10, method: str = "auto",
     """
     import faiss
 
+    k = check_k(k)
     x = _validate(embeddings)
     n, dim = x.shape
-    if k < 1:
-        raise InputError("k must be at least 1", field="k")
     method = resolve_method(method, n, exact_threshold)
     k_used = min(k, n - 1)
     if k_used < 1:
@@ -143,6 +150,7 @@ def run_neighbors(ws: Workspace, k: int = 10, method: str = "auto",
 
     The value is ``(indices, similarities)``; indices are embedding rows (= sample_id order).
     """
+    k = check_k(k)
     fingerprint = ws.fingerprint(EMBEDDINGS)
     if fingerprint is None or not ws.exists(EMBEDDINGS):
         raise InputError("no embeddings yet; run `python -m core embed --workspace "
@@ -180,13 +188,16 @@ def run_neighbors(ws: Workspace, k: int = 10, method: str = "auto",
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``neighbors`` to the ``python -m core`` argument parser."""
+    from .args import positive_int
+
     p = subparsers.add_parser(
         "neighbors", help="k nearest neighbours of every sample (faiss)",
         description="Write knn.npz: for each sample the k most similar other samples by "
                     "cosine similarity of the embeddings (self excluded). auto = exact below "
                     f"{EXACT_THRESHOLD:,} samples, HNSW above.")
     p.add_argument("--workspace", required=True, help="workspace folder")
-    p.add_argument("--k", type=int, default=10, help="neighbours per sample (default 10)")
+    p.add_argument("--k", type=positive_int, default=10,
+                   help="neighbours per sample (default 10)")
     p.add_argument("--method", choices=METHODS, default="auto")
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=_cli_neighbors)
@@ -197,9 +208,12 @@ def _cli_neighbors(args) -> int:
     start = time.perf_counter()
     result = run_neighbors(ws, k=args.k, method=args.method, force=args.force)
     idx, _ = result.value
+    from .text import terminal_safe
+
     what = "up to date" if result.cached else "wrote"
-    print(f"{what} {ws.path(KNN)}: {idx.shape[0]} samples x {idx.shape[1]} neighbours "
-          f"({result.meta['params']['method']}) in {time.perf_counter() - start:.1f}s")
+    print(terminal_safe(f"{what} {ws.path(KNN)}: {idx.shape[0]} samples x {idx.shape[1]} "
+                        f"neighbours ({result.meta['params']['method']}) in "
+                        f"{time.perf_counter() - start:.1f}s"))
     if result.meta.get("note"):
-        print("note:", result.meta["note"])
+        print("note:", terminal_safe(result.meta["note"]))
     return 0

@@ -247,13 +247,15 @@ def run_map(ws: Workspace, seed: int = 0, n_clusters: int | None = None,
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``map`` to the ``python -m core`` argument parser."""
+    from .args import positive_int, seed
+
     p = subparsers.add_parser(
         "map", help="2-D map (UMAP on the kNN graph) and titled clusters",
         description="Write map.parquet (sample_id, x, y, cluster) and clusters.json. Needs "
                     "`embed` and `neighbors` first. Same seed, same map.")
     p.add_argument("--workspace", required=True, help="workspace folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clusters", type=int, default=None,
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--clusters", type=positive_int, default=None,
                    help="number of clusters (default clip(round(sqrt(N/20)), 2, 40))")
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.set_defaults(func=_cli_map)
@@ -263,11 +265,13 @@ def _cli_map(args) -> int:
     ws = Workspace.open(args.workspace)
     start = time.perf_counter()
     result = run_map(ws, seed=args.seed, n_clusters=args.clusters, force=args.force)
+    from .text import terminal_safe
+
     what = "up to date" if result.cached else "wrote"
     frame, clusters = result.value["map"], result.value["clusters"]
-    print(f"{what} {ws.path(MAP)} and {ws.path(CLUSTERS)}: {len(frame)} samples, "
-          f"{len(clusters['titles'])} clusters ({result.meta.get('layout')}) "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(terminal_safe(f"{what} {ws.path(MAP)} and {ws.path(CLUSTERS)}: {len(frame)} samples, "
+                        f"{len(clusters['titles'])} clusters ({result.meta.get('layout')}) "
+                        f"in {time.perf_counter() - start:.1f}s"))
     if result.meta.get("note"):
-        print("note:", result.meta["note"])
+        print("note:", terminal_safe(result.meta["note"]))
     return 0

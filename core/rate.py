@@ -840,6 +840,8 @@ def run_rate(ws: Workspace, backend, rater_name: str, sample_ids: Sequence[int] 
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``rate`` to the ``python -m core`` argument parser."""
+    from .args import non_negative_int, positive_float, positive_int, seed
+
     p = subparsers.add_parser(
         "rate", help="rate samples with an LLM (DS2 prompt; OpenAI-compatible API or local)",
         description="Ask an LLM for DS2's Rarity/Complexity/Informativeness/Overall (1-10) "
@@ -859,19 +861,23 @@ def register_cli(subparsers) -> None:
                         "Hugging Face folder (local backend; default SmolLM2-135M-Instruct)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key ('' for none)")
-    p.add_argument("--concurrency", type=int, default=8, help="requests at once (openai)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (openai)")
-    p.add_argument("--max-retries", type=int, default=5, help="retries per request (openai)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--concurrency", type=positive_int, default=8,
+                   help="requests at once (openai)")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="seconds per request (openai)")
+    p.add_argument("--max-retries", type=non_negative_int, default=5,
+                   help="retries per request (openai)")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="answer length limit in tokens (default 128 for openai as in DS2, "
                         "60 for local)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads while generating (local; 1 is faster on a busy CPU)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--sample", type=int, metavar="N", help="rate a random N samples")
-    which.add_argument("--limit", type=int, metavar="N", help="rate the first N samples")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
-    p.add_argument("--chunk-size", type=int, default=128,
+    which.add_argument("--sample", type=positive_int, metavar="N",
+                       help="rate a random N samples")
+    which.add_argument("--limit", type=positive_int, metavar="N", help="rate the first N samples")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --sample (default 0)")
+    p.add_argument("--chunk-size", type=positive_int, default=128,
                    help="rows per chunk of the rating file (answers are cached one by one)")
     p.add_argument("--no-retry-errors", action="store_true",
                    help="keep failed requests from earlier runs instead of asking again")
@@ -919,10 +925,12 @@ def _cli_rate(args) -> int:
               "unparsed": int(frame["parse_error"].notna().sum()),
               "errors": int(frame["request_error"].notna().sum())}
     run = (result.meta or {}).get("last_run", {})
+    from .text import terminal_safe
+
     what = "up to date" if result.cached else "wrote"
-    print(f"{what} {rating_path(ws, args.name)}: {len(frame):,} rows; parsed "
-          f"{counts['parsed']:,}, unparsed {counts['unparsed']:,}, request errors "
-          f"{counts['errors']:,}")
+    print(terminal_safe(f"{what} {rating_path(ws, args.name)}: {len(frame):,} rows; parsed "
+                        f"{counts['parsed']:,}, unparsed {counts['unparsed']:,}, request "
+                        f"errors {counts['errors']:,}"))
     if not result.cached:
         print(f"  requests sent {run.get('requests', 0):,}, answers from cache "
               f"{run.get('cached', 0):,}")

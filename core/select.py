@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,12 +44,12 @@ import pandas as pd
 
 from . import atomic
 from .errors import InputError
+from .names import DS2_PREFIX, ds2_score_name, ds2_scores, resolve_rating_column
+from .paths import child_path, is_valid_name
 from .workspace import AUDIT, MAP, SAMPLES, Workspace, now_iso, sha256_file
 
 SELECTIONS = "selections"
-DS2_PREFIX = "ds2_"
 RATIO_BASES = ("all", "candidates", "ranked")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 # ======================================================================================
@@ -88,11 +87,11 @@ def budget_size(budget: int | None = None, ratio: float | None = None,
         raise InputError("give a budget (N rows) or a ratio, not both")
     if budget is not None:
         if int(budget) < 0:
-            raise InputError(f"the budget must be ≥ 0, not {budget}")
+            raise InputError(f"the budget must be ≥ 0, not {budget}", field="n")
         return int(budget)
     if ratio is not None:
         if not 0.0 <= float(ratio) <= 1.0:
-            raise InputError(f"the ratio must be between 0 and 1, not {ratio}")
+            raise InputError(f"the ratio must be between 0 and 1, not {ratio}", field="ratio")
         return int(math.floor(round(float(ratio) * int(base or 0), 9)))
     return None
 
@@ -287,18 +286,13 @@ def stratified_take(order: Sequence[int], clusters: Sequence[Any], budget: int,
 # ======================================================================================
 # the audit log: folding decisions
 # ======================================================================================
-def read_audit(ws: Workspace) -> list[dict]:
-    """Entries of ``audit.jsonl`` in file order (``core.audit.read_log``)."""
+def read_audit(ws: Workspace, problems: list[str] | None = None) -> list[dict]:
+    """Entries of ``audit.jsonl`` in file order (``core.audit.read_log``: a malformed line is
+    skipped with a warning naming it, also appended to ``problems``)."""
     from .audit import read_log
 
-    return read_log(ws)
+    return read_log(ws, problems)
 
-
-def _rating_key(column: Any) -> Any:
-    """Audit logs name a rating column with or without the ``ds2_`` prefix: same column."""
-    from .audit import column_key
-
-    return column_key(column) if isinstance(column, str) else column
 
 
 def _entries(source: Workspace | Iterable[dict]) -> list[dict]:
@@ -342,10 +336,8 @@ def resolve_columns(ws: Workspace, columns: Iterable[str]) -> dict[str, tuple[st
     ``answer_tokens`` in ``ifd`` and ``rifd``) it is an error asking for the qualified name.
     Not in any score file, it is looked up in ``map`` and then in ``samples``.
     """
-    import pyarrow.parquet as pq
-
     sources = score_sources(ws)
-    schema = {name: [c for c in pq.read_schema(path).names if c != "sample_id"]
+    schema = {name: [c for c in _column_names(path) if c != "sample_id"]
               for name, path in sources.items()}
     out: dict[str, tuple[str, str]] = {}
     for col in columns:
@@ -355,7 +347,8 @@ def resolve_columns(ws: Workspace, columns: Iterable[str]) -> dict[str, tuple[st
         if rest and src in sources:
             if rest not in schema[src]:
                 raise InputError(f"no column '{rest}' in {src} (it has: "
-                                 f"{', '.join(schema[src]) or 'nothing'})", field=col)
+                                 f"{', '.join(schema[src]) or 'nothing'})",
+                                 file=str(sources[src]), field=col)
             out[col] = (src, rest)
             continue
         if rest and src.startswith(DS2_PREFIX):
@@ -379,6 +372,65 @@ def resolve_columns(ws: Workspace, columns: Iterable[str]) -> dict[str, tuple[st
     return out
 
 
+def _column_names(path: Path) -> list[str]:
+    """The columns of a Parquet file in the workspace (an unreadable one is an
+    ``InputError`` naming it, not a pyarrow traceback)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises several types for a bad footer
+        raise InputError(f"not a readable Parquet file ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); rerun the step that made it",
+                         file=str(path)) from None
+
+
+def read_checked(path: Path, columns: Sequence[str], n_samples: int,
+                 numeric: bool = True) -> pd.DataFrame:
+    """``sample_id`` and ``columns`` of a score, map or samples file, checked: sample ids are
+    whole numbers of the workspace (0 .. n_samples - 1), each once, and with ``numeric`` the
+    columns hold numbers or booleans. A damaged or hand-edited file is an ``InputError``
+    naming the file, the row and the field, never a traceback or a silent NaN."""
+    _require_columns(_column_names(path), columns, path)
+    return check_frame(pd.read_parquet(path, columns=["sample_id", *columns]), path, columns,
+                       n_samples, numeric)
+
+
+def _require_columns(names: Sequence, columns: Sequence[str], path: Path) -> None:
+    for col in ["sample_id", *columns]:
+        if col not in names:
+            raise InputError(f"no column '{col}' (it has: "
+                             f"{', '.join(map(str, names)) or 'nothing'}); rerun the step "
+                             "that made it", file=str(path), field=col)
+
+
+def check_frame(part: pd.DataFrame, path: Path, columns: Sequence[str], n_samples: int,
+                numeric: bool = True) -> pd.DataFrame:
+    """``read_checked`` for a frame already read from ``path`` (``Workspace.map()``)."""
+    _require_columns(list(part.columns), columns, path)
+    ids = part["sample_id"]
+    if not pd.api.types.is_integer_dtype(ids.dtype) or ids.isna().any():
+        raise InputError(f"must hold whole-number sample ids, found {ids.dtype}",
+                         file=str(path), field="sample_id")
+    values = ids.to_numpy(dtype=np.int64)
+    outside = np.flatnonzero((values < 0) | (values >= n_samples))
+    if len(outside):
+        row = int(outside[0])
+        raise InputError(f"sample id {values[row]} is not in the workspace (ids 0.."
+                         f"{n_samples - 1})", file=str(path), row=row, field="sample_id")
+    repeated = np.flatnonzero(ids.duplicated().to_numpy())
+    if len(repeated):
+        row = int(repeated[0])
+        raise InputError(f"sample_id repeats in this file (id {values[row]})", file=str(path),
+                         row=row, field="sample_id")
+    for col in columns if numeric else ():
+        dtype = part[col].dtype
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+                or part[col].isna().all()):
+            raise InputError(f"must hold numbers, found {dtype}", file=str(path), field=col)
+    return part
+
+
 def score_table(ws: Workspace, columns: Iterable[str]) -> pd.DataFrame:
     """One row per sample (``sample_id`` ascending) with the requested columns joined from the
     score files, ``map.parquet`` and ``samples.parquet`` under the names asked for (see
@@ -393,9 +445,7 @@ def score_table(ws: Workspace, columns: Iterable[str]) -> pd.DataFrame:
     files = []
     for src, pairs in by_source.items():
         cols = sorted({c for _, c in pairs})
-        part = pd.read_parquet(sources[src], columns=["sample_id", *cols])
-        if part["sample_id"].duplicated().any():
-            raise InputError("sample_id repeats in this file", file=str(sources[src]))
+        part = read_checked(sources[src], cols, len(ws), numeric=src != "samples")
         out = pd.DataFrame({"sample_id": part["sample_id"].astype(np.int64)})
         for want, col in pairs:
             out[want] = part[col]
@@ -633,21 +683,20 @@ class ReflectionRanking(Step):
 
 @dataclass
 class DS2Ranking(Step):
-    """DS2 dual sort on ``ds2_<rating_column>``: curated rating (a rating set by hand in the
-    audit log overrides the raw and suggested one), then long-tail score."""
+    """DS2 dual sort on the DS2 scores of ``rating_column`` (the exact column; its score
+    file is ``core.names.ds2_score_name``): curated rating (a rating set by hand in the
+    audit log for that exact column overrides the raw and suggested one), then long-tail
+    score."""
 
     rating_column: str
     kind = "ds2"
-
-    def __post_init__(self):
-        self.rating_column = _rating_key(self.rating_column)
 
     def params(self):
         return {"rating_column": self.rating_column}
 
     @property
     def score_name(self) -> str:
-        return DS2_PREFIX + self.rating_column
+        return ds2_score_name(self.rating_column)
 
     def columns(self):
         return [f"{self.score_name}.curated", f"{self.score_name}.long_tail"]
@@ -729,11 +778,11 @@ class Budget(Step):
         budget_size(self.n, self.ratio, 0)  # validates
         if self.ratio_of not in RATIO_BASES:
             raise InputError(f"ratio_of must be one of {', '.join(RATIO_BASES)}, not "
-                             f"{self.ratio_of!r}")
+                             f"{self.ratio_of!r}", field="ratio_of")
         if self.per_cluster_cap is not None and self.stratified:
             raise InputError("choose a per-cluster cap or a stratified budget, not both")
         if self.per_cluster_cap is not None and int(self.per_cluster_cap) < 1:
-            raise InputError("the per-cluster cap must be ≥ 1")
+            raise InputError("the per-cluster cap must be ≥ 1", field="per_cluster_cap")
         if self.stratified and self.n is None and self.ratio is None:
             raise InputError("a stratified budget needs n or ratio")
 
@@ -815,13 +864,22 @@ class Recipe:
             raise InputError("a recipe must be a mapping with filters, ranking and budget")
         unknown = set(spec) - {"filters", "ranking", "budget"}
         if unknown:
-            raise InputError(f"unknown recipe key(s) {', '.join(sorted(unknown))}; expected "
-                             "filters, ranking, budget")
-        filters = [_make(f, FILTERS, "filter") for f in spec.get("filters") or []]
-        ranking = _make(spec.get("ranking") or {"type": "none"}, RANKINGS, "ranking")
-        budget_spec = dict(spec.get("budget") or {})
+            raise InputError(f"unknown recipe key(s) {', '.join(sorted(map(str, unknown)))}; "
+                             "expected filters, ranking, budget")
+        filters = spec.get("filters") or []
+        if not isinstance(filters, list):
+            raise InputError(f"must be a list of filters, not {_shown(filters)}",
+                             field="filters")
+        filters = [_make(f, FILTERS, "filter", f"filters[{i}]") for i, f in enumerate(filters)]
+        ranking = _make(spec.get("ranking") or {"type": "none"}, RANKINGS, "ranking",
+                        "ranking")
+        budget_spec = spec.get("budget") or {}
+        if not isinstance(budget_spec, dict):
+            raise InputError(f"must be a mapping (n, ratio, ...), not {_shown(budget_spec)}",
+                             field="budget")
+        budget_spec = dict(budget_spec)
         budget_spec.pop("type", None)
-        budget = _construct(Budget, budget_spec, "budget")
+        budget = _construct(Budget, budget_spec, "budget", "budget")
         return cls(filters, ranking, budget)
 
     @classmethod
@@ -832,6 +890,9 @@ class Recipe:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise InputError("recipe file not found", file=str(path)) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read the recipe ({type(err).__name__}: {err})",
+                             file=str(path)) from None
         try:
             if path.suffix.lower() == ".json":
                 spec = json.loads(text)
@@ -902,30 +963,76 @@ class Recipe:
                          dropped=reasons)
 
 
-def _make(spec: Any, registry: dict, what: str) -> Step:
+def _make(spec: Any, registry: dict, what: str, where: str) -> Step:
+    """A step from its spec; ``where`` names it in errors (``filters[1]``, ``ranking``)."""
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or "type" not in spec:
-        raise InputError(f"each {what} needs a type (one of {', '.join(registry)})")
+        raise InputError(f"each {what} needs a type (one of {', '.join(registry)})",
+                         field=where)
     spec = dict(spec)
     kind = spec.pop("type")
-    if kind not in registry:
-        raise InputError(f"unknown {what} type {kind!r}; choose one of {', '.join(registry)}")
-    return _construct(registry[kind], spec, f"{what} {kind}")
+    if not isinstance(kind, str) or kind not in registry:
+        raise InputError(f"unknown {what} type {_shown(kind)}; choose one of "
+                         f"{', '.join(registry)}", field=f"{where}.type")
+    return _construct(registry[kind], spec, f"{what} {kind}", where)
 
 
-def _construct(cls, params: dict, what: str):
+def _construct(cls, params: dict, what: str, where: str):
+    """``cls(**params)`` once every value has the type its field declares (a recipe file is
+    hand-written: ``ratio: "ten"`` or a list for a number is an error naming the field)."""
     import dataclasses
+    import typing
 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(params) - names
     if unknown:
-        raise InputError(f"unknown parameter(s) {', '.join(sorted(unknown))} for {what}; "
-                         f"expected {', '.join(sorted(names)) or 'none'}")
+        raise InputError(f"unknown parameter(s) {', '.join(sorted(map(str, unknown)))} for "
+                         f"{what}; expected {', '.join(sorted(names)) or 'none'}", field=where)
+    hints = typing.get_type_hints(cls)
+    for name, value in params.items():
+        _check_type(value, hints[name], f"{where}.{name}")
     try:
         return cls(**params)
     except TypeError as err:
-        raise InputError(f"{what}: {err}") from None
+        raise InputError(f"{what}: {err}", field=where) from None
+    except InputError as err:  # a value the step refuses (a ratio of 5)
+        field_name = where if err.field is None else f"{where}.{err.field}"
+        raise InputError(err.message, field=field_name) from None
+
+
+_TYPE_NAMES = {str: "text", bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """Raise unless ``value`` fits ``hint`` (str, bool, int, float, or one of them | None).
+    Booleans are not numbers here, and numbers must be finite."""
+    import typing
+
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return
+    if isinstance(value, bool):
+        ok = bool in allowed
+    elif isinstance(value, int):
+        ok = int in allowed or float in allowed
+    elif isinstance(value, float):
+        ok = float in allowed and math.isfinite(value)
+    else:
+        ok = isinstance(value, str) and str in allowed
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES[t] for t in allowed if t in _TYPE_NAMES)
+        if type(None) in allowed:
+            wanted += " (or null)"
+        raise InputError(f"must be {wanted}, not {_shown(value)}", field=where)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: short, with its type when that is the problem."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kind = {list: "a list", dict: "a mapping", bool: "a boolean"}.get(type(value))
+    return f"{text} ({kind})" if kind else text
 
 
 # ======================================================================================
@@ -965,7 +1072,7 @@ def selection_context(ws: Workspace, recipe: Recipe) -> tuple[Context, dict]:
         ctx.audit = read_audit(ws)
         inputs[AUDIT] = sha256_file(ws.path(AUDIT)) if ws.exists(AUDIT) else None
     if recipe.budget.stratified:
-        clusters = ws.map()["cluster"]
+        clusters = check_frame(ws.map(), ws.path(MAP), ["cluster"], len(ws))["cluster"]
         ctx.cluster_sizes = pd.Series(_cluster_keys(clusters.to_numpy())).value_counts().to_dict()
     return ctx, inputs
 
@@ -978,6 +1085,9 @@ def run_selection(ws: Workspace, recipe: Recipe | dict | str | Path,
         recipe = Recipe.load(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
+    for step in recipe.steps():
+        if isinstance(step, DS2Ranking):  # a DS2 score name typed for its column
+            step.rating_column = resolve_rating_column(ws, step.rating_column)
     frame = score_table(ws, recipe.columns())
     ctx, inputs = selection_context(ws, recipe)
     for rel in frame.attrs.get("files", []):
@@ -990,45 +1100,104 @@ def run_selection(ws: Workspace, recipe: Recipe | dict | str | Path,
     return selection
 
 
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InputError(f"bad selection name {name!r}: use letters, digits, '.', '_' or '-' "
-                         "(up to 100, starting with a letter or digit)")
-    return name
+def selection_path(ws: Workspace, name: str) -> Path:
+    """``selections/<name>.json``; the name is checked by ``core.paths``."""
+    return child_path(ws.path(SELECTIONS), name, ".json", what="selection name")
 
 
-def save_selection(ws: Workspace, name: str, selection: Selection) -> Path:
+def save_selection(ws: Workspace, name: str, selection: Selection,
+                   force: bool = False) -> Path:
     """Write ``selections/<name>.json`` atomically (recipe, inputs with sha256, counts per
-    step, chosen ids in ranking order, created)."""
-    check_name(name)
+    step, chosen ids in ranking order, created). An existing name is replaced only with
+    ``force``; without it the file is created exclusively, so of two concurrent saves of one
+    name exactly one succeeds and the other gets an ``InputError``."""
+    path = selection_path(ws, name)
     selection.name = name
     selection.created = selection.created or now_iso()
     body = selection.to_dict()
     from . import __version__
 
     body["cherrypick"] = __version__
-    path = ws.path(SELECTIONS, f"{name}.json")
-    atomic.write_json(path, body)
+    try:
+        atomic.write_json(path, body, replace=force)
+    except FileExistsError:
+        raise InputError(f"a selection named '{name}' already exists; choose another name "
+                         "or replace it (--force, or tick Replace in the app)",
+                         file=str(path)) from None
     return path
 
 
 def load_selection(ws: Workspace, name: str) -> dict:
     """A saved selection as written by ``save_selection``."""
-    path = ws.path(SELECTIONS, f"{check_name(name)}.json")
+    path = selection_path(ws, name)
     if not path.exists():
         known = ", ".join(list_selections(ws)) or "none yet"
         raise InputError(f"no selection named '{name}' (saved: {known})", file=str(path))
-    return atomic.read_json(path)
+    return _checked_selection(path, len(ws))
+
+
+# key -> (type, what it must be) of a saved selection; sample_ids and recipe are required
+_SELECTION_KEYS = {"sample_ids": (list, "a list of sample ids"),
+                   "recipe": (dict, "a recipe mapping"),
+                   "name": ((str, type(None)), "text"), "created": ((str, type(None)), "text"),
+                   "inputs": (dict, "a mapping"), "counts": (dict, "a mapping"),
+                   "steps": (list, "a list")}
+
+
+def _checked_selection(path: Path, n_samples: int) -> dict:
+    """A saved selection file, checked: a hand-edited or damaged one is an ``InputError``
+    naming the file and the field (never a traceback, never ids outside the workspace)."""
+    try:
+        body = atomic.read_json(path)
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise InputError(f"not a readable selection file ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); save it again",
+                         file=str(path)) from None
+    if not isinstance(body, dict):
+        raise InputError(f"a selection file holds a JSON object, not {_shown(body)}",
+                         file=str(path))
+    for key, (kind, what) in _SELECTION_KEYS.items():
+        if key not in body:
+            if key in ("sample_ids", "recipe"):
+                raise InputError("missing; save the selection again", file=str(path),
+                                 field=key)
+            continue
+        if not isinstance(body[key], kind):
+            raise InputError(f"must be {what}, not {_shown(body[key])}", file=str(path),
+                             field=key)
+    seen: set[int] = set()
+    for i, sid in enumerate(body["sample_ids"]):
+        where = f"sample_ids[{i}]"
+        if isinstance(sid, bool) or not isinstance(sid, int):
+            raise InputError(f"must be a whole-number sample id, not {_shown(sid)}",
+                             file=str(path), field=where)
+        if not 0 <= sid < n_samples:
+            raise InputError(f"sample id {sid} is not in the workspace (ids 0..{n_samples - 1})",
+                             file=str(path), field=where)
+        if sid in seen:
+            raise InputError(f"sample id {sid} appears twice", file=str(path), field=where)
+        seen.add(sid)
+    return body
 
 
 def list_selections(ws: Workspace) -> list[str]:
+    """Names of the saved selections (files whose name ``core.paths`` would accept)."""
     folder = ws.path(SELECTIONS)
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    return sorted(p.stem for p in folder.glob("*.json")
+                  if is_valid_name(p.stem)) if folder.exists() else []
 
 
 def rerun_selection(ws: Workspace, name: str) -> Selection:
     """Run a saved selection's recipe again on the workspace as it is now."""
-    return run_selection(ws, Recipe.from_dict(load_selection(ws, name)["recipe"]), name=name)
+    try:
+        recipe = Recipe.from_dict(load_selection(ws, name)["recipe"])
+    except InputError as err:
+        if err.file is not None:
+            raise
+        raise InputError(err.message, file=str(selection_path(ws, name)),
+                         field="recipe" if err.field is None else f"recipe.{err.field}"
+                         ) from None
+    return run_selection(ws, recipe, name=name)
 
 
 def diff_selections(ws: Workspace, a: str | Selection, b: str | Selection,
@@ -1042,7 +1211,8 @@ def diff_selections(ws: Workspace, a: str | Selection, b: str | Selection,
            "count_b": len(ids_b), "common": len(ids_a & ids_b),
            "added": sorted(ids_b - ids_a), "removed": sorted(ids_a - ids_b)}
     if ws.exists(MAP):
-        out["per_cluster"] = _group_changes(ws.map()[["sample_id", "cluster"]], "cluster",
+        clusters = check_frame(ws.map(), ws.path(MAP), ["cluster"], len(ws))
+        out["per_cluster"] = _group_changes(clusters[["sample_id", "cluster"]], "cluster",
                                             ids_a, ids_b)
     if rating_column is None:
         for s in (sa, sb):
@@ -1051,18 +1221,19 @@ def diff_selections(ws: Workspace, a: str | Selection, b: str | Selection,
                 rating_column = r["rating_column"]
                 break
     if rating_column is None:
-        ds2 = [n for n in ws.score_names() if n.startswith(DS2_PREFIX)]
+        ds2 = list(ds2_scores(ws).values())
         rating_column = ds2[0] if len(ds2) == 1 else None
-    if rating_column is not None and DS2_PREFIX + _rating_key(rating_column) in \
-            ws.score_names():
-        score = DS2_PREFIX + _rating_key(rating_column)
+    if rating_column is not None:
+        rating_column = resolve_rating_column(ws, rating_column)
+    if rating_column is not None and ds2_score_name(rating_column) in ws.score_names():
+        score = ds2_score_name(rating_column)
         frame = ws.read_score(score)[["sample_id", "curated"]]
         overrides = audit_decisions(ws, rating_column)
         if overrides:
             hand = pd.Series(overrides)
             pos = frame["sample_id"].isin(hand.index)
             frame.loc[pos, "curated"] = hand.reindex(frame.loc[pos, "sample_id"]).to_numpy()
-        out["rating_column"] = _rating_key(rating_column)
+        out["rating_column"] = rating_column
         out["per_rating_class"] = _group_changes(frame, "curated", ids_a, ids_b)
     return out
 
@@ -1124,7 +1295,7 @@ POLICIES = ("ifd", "reflection", "ds2", "recost", "threshold")
 def _parse_bound(text: str, flag: str) -> tuple[str, float]:
     col, sep, value = text.partition("=")
     try:
-        if not sep or not col:
+        if not sep or not col or not math.isfinite(float(value)):
             raise ValueError
         return col.strip(), float(value)
     except ValueError:
@@ -1202,6 +1373,8 @@ def format_steps(selection: Selection) -> str:
 
 
 def register_cli(subparsers) -> None:
+    from .args import positive_int, ratio
+
     p = subparsers.add_parser(
         "select", help="choose a subset by a policy or a recipe and save it",
         description="Run a selection policy (or a YAML recipe: filters, ranking, budget) on "
@@ -1211,8 +1384,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--recipe", metavar="FILE", help="recipe YAML/JSON instead of the flags")
     p.add_argument("--policy", choices=POLICIES)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--ratio", type=float, help="share of rows to take, e.g. 0.05")
-    size.add_argument("--budget", type=int, metavar="N", help="number of rows to take")
+    size.add_argument("--ratio", type=ratio, help="share of rows to take, e.g. 0.05")
+    size.add_argument("--budget", type=positive_int, metavar="N",
+                      help="number of rows to take")
     p.add_argument("--ratio-of", choices=RATIO_BASES, default="all",
                    help="base of --ratio: all rows (default), candidates after the filters, "
                         "or ranked rows (Cherry's data_by_IFD.py)")
@@ -1231,11 +1405,13 @@ def register_cli(subparsers) -> None:
     p.add_argument("--exclude-rejected", action="store_true",
                    help="drop rows rejected in the audit log")
     cover = p.add_mutually_exclusive_group()
-    cover.add_argument("--per-cluster-cap", type=int, metavar="N",
+    cover.add_argument("--per-cluster-cap", type=positive_int, metavar="N",
                        help="at most N rows per map cluster")
     cover.add_argument("--stratified", action="store_true",
                        help="budget split over clusters in proportion to their size")
     p.add_argument("--dry-run", action="store_true", help="print the counts, save nothing")
+    p.add_argument("--force", action="store_true",
+                   help="replace a saved selection of the same name")
     p.set_defaults(func=_cmd_select)
 
     d = subparsers.add_parser("diff", help="compare two saved selections",
@@ -1250,31 +1426,39 @@ def register_cli(subparsers) -> None:
 
 
 def _cmd_select(args) -> int:
+    from .text import terminal_safe
+
     ws = Workspace.open(args.workspace)
-    check_name(args.name)
+    path = selection_path(ws, args.name)
+    if path.exists() and not args.force and not args.dry_run:  # fail before the slow part
+        raise InputError(f"a selection named '{args.name}' already exists; choose another "
+                         "name or pass --force to replace it", file=str(path))
     recipe = recipe_from_args(args)
     selection = run_selection(ws, recipe, name=args.name)
-    print(format_steps(selection))
+    print(terminal_safe(format_steps(selection), keep_newlines=True))
     c = selection.counts
     print(f"selected {c['selected']:,} of {c['all']:,} samples")
     if not args.dry_run:
-        path = save_selection(ws, args.name, selection)
-        print(f"saved {path}")
+        path = save_selection(ws, args.name, selection, force=args.force)
+        print(terminal_safe(f"saved {path}"))
     return 0
 
 
 def _cmd_diff(args) -> int:
+    from .text import terminal_safe
+
     ws = Workspace.open(args.workspace)
     diff = diff_selections(ws, args.a, args.b, rating_column=args.rating_column)
     if args.json:
         print(json.dumps(diff, indent=2))
         return 0
-    print(f"{diff['a']}: {diff['count_a']:,}  {diff['b']}: {diff['count_b']:,}  "
-          f"common: {diff['common']:,}  added: {len(diff['added']):,}  "
-          f"removed: {len(diff['removed']):,}")
+    print(terminal_safe(f"{diff['a']}: {diff['count_a']:,}  {diff['b']}: {diff['count_b']:,}  "
+                        f"common: {diff['common']:,}  added: {len(diff['added']):,}  "
+                        f"removed: {len(diff['removed']):,}"))
     for title, key in (("cluster", "per_cluster"), ("rating class", "per_rating_class")):
         if key in diff:
             print(f"{title:<14} {'a':>7} {'b':>7} {'added':>7} {'removed':>7}")
             for g, n in diff[key].items():
-                print(f"{g:<14} {n['a']:>7,} {n['b']:>7,} {n['added']:>7,} {n['removed']:>7,}")
+                print(terminal_safe(f"{g:<14} {n['a']:>7,} {n['b']:>7,} {n['added']:>7,} "
+                                    f"{n['removed']:>7,}"))
     return 0

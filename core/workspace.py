@@ -21,6 +21,7 @@ stopped and extends an existing result without redoing finished samples.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ KNN = "knn.npz"
 MAP = "map.parquet"
 CLUSTERS = "clusters.json"
 AUDIT = "audit.jsonl"
+# manifest field: size, mtime_ns and sha256 of samples.parquet (``file_state``)
+SAMPLES_FILE = "samples_file"
 # Bumped when the layout changes so an older Cherrypick refuses a newer workspace instead of
 # misreading it. Manifests written before the field existed are format 1.
 FORMAT_VERSION = 1
@@ -57,12 +60,50 @@ class DamagedFileWarning(UserWarning):
     """A cached result could not be read: it was deleted and its step recomputes it."""
 
 
+class ChangedInputWarning(DamagedFileWarning):
+    """A workspace file changed on disk since Cherrypick recorded it (samples.parquet
+    replaced, embeddings.npy copied in by hand): the steps that read it recompute. A
+    ``DamagedFileWarning`` so the CLI prints it on one line like the other file warnings."""
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# sha256 of files already hashed in this process, by (path, size, mtime_ns): a file whose
+# size and mtime are unchanged is not read again.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_state(path: str | os.PathLike) -> dict:
+    """``{"size", "mtime_ns", "sha256"}`` of a file: what a manifest or sidecar records so a
+    later reader can tell whether the bytes are still the ones it describes."""
+    path = Path(path)
+    before = path.stat()
+    key = (str(path.resolve()), before.st_size, before.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) == key[1:]:  # not rewritten while hashing
+            _DIGESTS[key] = digest
+    return {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "sha256": digest}
+
+
+def verify_file(path: str | os.PathLike, recorded: Any) -> tuple[bool, dict]:
+    """(the file still holds the bytes ``recorded`` describes, its state now). Cheap when
+    size and mtime_ns are the recorded ones; otherwise the file is hashed (once per process
+    per size+mtime), so a touched but unchanged file still matches."""
+    st = Path(path).stat()
+    if isinstance(recorded, dict) and recorded.get("sha256") and \
+            (recorded.get("size"), recorded.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+        return True, recorded
+    now = file_state(path)
+    return isinstance(recorded, dict) and recorded.get("sha256") == now["sha256"], now
 
 
 def frame_fingerprint(frame: pd.DataFrame) -> str:
@@ -119,15 +160,36 @@ class Workspace:
     # ----- creation and the basics -------------------------------------------------
     @classmethod
     def create(cls, root: str | os.PathLike, samples: pd.DataFrame, source: dict,
-               overwrite: bool = False) -> "Workspace":
-        """Create a workspace from imported samples; ``source`` goes into the manifest."""
+               overwrite: bool = False, keep: Iterable[str | os.PathLike] = ()
+               ) -> "Workspace":
+        """Create a workspace from imported samples; ``source`` goes into the manifest.
+
+        ``root`` must be new, an empty folder, or (with ``overwrite``) a Cherrypick
+        workspace (``is_workspace``): a folder Cherrypick did not make is never emptied.
+        Replacing a workspace that holds one of the ``keep`` paths (the files being
+        imported) is refused, so the input is never deleted."""
         root = Path(root)
-        if (root / MANIFEST).exists() and not overwrite:
-            raise InputError(f"a workspace already exists at {root}; pass overwrite to replace it",
-                             file=str(root))
-        if root.exists() and overwrite:
+        if root.exists() and not root.is_dir():
+            raise InputError("the workspace path is a file, not a folder; choose a folder "
+                             "name", file=str(root))
+        if root.is_dir() and any(root.iterdir()):
+            if not is_workspace(root):
+                why = ("its manifest.json is unreadable or has no format_version"
+                       if (root / MANIFEST).exists() else "it has no manifest.json")
+                raise InputError(f"this folder is not empty and not a Cherrypick workspace "
+                                 f"({why}); nothing was deleted: Cherrypick only replaces its "
+                                 "own workspaces, so choose a new or empty folder",
+                                 file=str(root))
+            if not overwrite:
+                raise InputError(f"a workspace already exists at {root}; pass overwrite to "
+                                 "replace it", file=str(root))
+            inside = [Path(k) for k in keep if _is_within(Path(k), root)]
+            if inside:
+                raise InputError(f"the input {inside[0]} is inside the workspace it would "
+                                 "replace; nothing was deleted: move the input out of the "
+                                 "folder or import into another workspace", file=str(root))
             for child in root.iterdir():
-                if child.is_dir():
+                if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
                     child.unlink()
@@ -144,6 +206,8 @@ class Workspace:
             },
             "format_version": FORMAT_VERSION,
             "samples_fingerprint": frame_fingerprint(samples),
+            # the bytes the fingerprint describes: samples_fingerprint() checks them
+            SAMPLES_FILE: file_state(ws.path(SAMPLES)),
             "versions": package_versions(("numpy", "pandas", "pyarrow")),
             "cherrypick": _own_version(),
         }
@@ -152,8 +216,16 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Workspace":
+        """The workspace at ``root``, checked: a path that is a file, a missing folder, or a
+        damaged, foreign or newer manifest is a one-line ``InputError``."""
         ws = cls(root)
-        if not ws.path(MANIFEST).exists():
+        if ws.root.exists() and not ws.root.is_dir():
+            raise InputError("not a workspace (a file, not a folder); give the folder made by "
+                             "`python -m core import FILE --workspace DIR`", file=str(root))
+        if not ws.root.exists():
+            raise InputError("not a workspace (no such folder); create one with "
+                             "`python -m core import FILE --workspace DIR`", file=str(root))
+        if not ws.path(MANIFEST).is_file():
             raise InputError("not a workspace (no manifest.json); create one with "
                              "`python -m core import FILE --workspace DIR`", file=str(root))
         try:
@@ -171,6 +243,12 @@ class Workspace:
                              f"version reads up to {FORMAT_VERSION}): upgrade Cherrypick "
                              "(`pip install -U`) or re-import the source into a new workspace",
                              file=str(ws.path(MANIFEST)), field="format_version")
+        counts = manifest.get("counts")
+        samples = counts.get("samples") if isinstance(counts, dict) else None
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise InputError(f"not a workspace manifest (counts.samples {samples!r}); re-import "
+                             "the source with `python -m core import FILE --workspace DIR "
+                             "--overwrite`", file=str(ws.path(MANIFEST)), field="counts.samples")
         return ws
 
     def path(self, *parts: str) -> Path:
@@ -197,7 +275,53 @@ class Workspace:
         return int(self.manifest["counts"]["samples"])
 
     def samples_fingerprint(self) -> str:
-        return self.manifest["samples_fingerprint"]
+        """Content fingerprint (``frame_fingerprint``) of samples.parquet as it is on disk
+        now: every step's cache key and every export manifest start from it.
+
+        The manifest records the file's size, mtime_ns and sha256 next to the fingerprint.
+        Same size and mtime: the recorded fingerprint (no read). Otherwise the file is
+        hashed; same bytes: the recorded fingerprint (the new mtime is recorded). Other
+        bytes (the file was replaced): the fingerprint is recomputed from the data, a
+        ``ChangedInputWarning`` says so, and the manifest is updated, so every dependent
+        step sees another input and recomputes."""
+        manifest = self.manifest
+        path = self.path(SAMPLES)
+        if not path.is_file():
+            raise InputError("samples.parquet is missing; re-import the source with "
+                             f"`python -m core import FILE --workspace {self.root} "
+                             "--overwrite`", file=str(path))
+        recorded = manifest.get(SAMPLES_FILE)
+        same, state = verify_file(path, recorded)
+        stored = manifest.get("samples_fingerprint")
+        if same and stored:
+            if state is not recorded:
+                self._update_manifest({SAMPLES_FILE: state})
+            return stored
+        data = path.read_bytes()  # hashed and parsed from the same bytes
+        state = {"size": len(data), "mtime_ns": state["mtime_ns"],
+                 "sha256": hashlib.sha256(data).hexdigest()}
+        frame = self._load(SAMPLES, lambda p: pd.read_parquet(io.BytesIO(data)),
+                           "it cannot be recomputed: re-import the source with `python -m "
+                           f"core import FILE --workspace {self.root} --overwrite`")
+        fingerprint = frame_fingerprint(frame)
+        if fingerprint != stored:
+            _warn_once(path, state["sha256"],
+                       f"{SAMPLES} changed since it was recorded (other content, sha256 "
+                       f"{state['sha256'][:12]}): every step that depends on it recomputes")
+        self._update_manifest({
+            "samples_fingerprint": fingerprint, SAMPLES_FILE: state,
+            "counts": {**manifest.get("counts", {}), "samples": int(len(frame)),
+                       "duplicates": int(frame["duplicate_of"].notna().sum())
+                       if "duplicate_of" in frame else 0}})
+        return fingerprint
+
+    def _update_manifest(self, fields: dict) -> None:
+        """Merge ``fields`` into manifest.json (a read-only workspace keeps its manifest:
+        the values are recomputed, and the hash cached in memory, on the next call)."""
+        try:
+            atomic.write_json(self.path(MANIFEST), {**self.manifest, **fields})
+        except OSError:
+            pass
 
     # ----- sidecars -------------------------------------------------------------------
     @staticmethod
@@ -211,11 +335,32 @@ class Workspace:
         return self.read_cached(self.sidecar_path(self.path(name)), atomic.read_json)
 
     def fingerprint(self, name: str) -> str | None:
-        """Cache key of a result: what later steps record as their input."""
+        """Cache key of a result: what later steps record as their input.
+
+        The sidecar's key, checked against the file's bytes (``verify_file`` on the
+        sidecar's ``file`` record): a result replaced by hand (another embeddings.npy under
+        the same sidecar) gets a key with its sha256 added, so the steps that read it
+        recompute. A sidecar from before files were recorded learns the file as it is."""
         if name == SAMPLES:
             return self.samples_fingerprint()
         m = self.meta(name)
-        return None if m is None else m.get("key")
+        key = None if m is None else m.get("key")
+        path = self.path(name)
+        if key is None or not path.is_file():
+            return key
+        recorded = m.get("file")
+        same, state = verify_file(path, recorded)
+        if same or recorded is None:
+            if state is not recorded:
+                try:
+                    self._write_meta(name, {**m, "file": state})
+                except OSError:
+                    pass
+            return key
+        _warn_once(path, state["sha256"], f"{name} changed since its step wrote it (other "
+                   f"content, sha256 {state['sha256'][:12]}): the steps that read it "
+                   "recompute")
+        return f"{key}+{state['sha256'][:16]}"
 
     def _write_meta(self, name: str, meta: dict) -> None:
         atomic.write_json(self.sidecar_path(self.path(name)), meta)
@@ -279,6 +424,7 @@ class Workspace:
                 "versions": package_versions()}
         if extra_meta is not None:
             meta.update(extra_meta(value))
+        meta["file"] = file_state(path)  # what ``fingerprint`` checks the file against
         self._write_meta(name, meta)
         return StepResult(value, meta, False)
 
@@ -349,6 +495,7 @@ class Workspace:
                                                      len(have) else 0), 3),
                 "versions": package_versions()}
         meta.update(extra_meta or {})
+        meta["file"] = file_state(path)  # what ``fingerprint`` checks the file against
         self._write_meta(name, meta)
         shutil.rmtree(self.path(name + ".parts"), ignore_errors=True)
         return StepResult(result, meta, False)
@@ -420,6 +567,23 @@ class Workspace:
                 "created": m.get("created"), "steps": steps, "scores": scores}
 
 
+def is_workspace(path: str | os.PathLike) -> bool:
+    """True for a folder Cherrypick made: a readable manifest.json that is an object with a
+    ``format_version``. Only such folders may be emptied by an overwrite."""
+    manifest = Path(path, MANIFEST)
+    try:
+        body = atomic.read_json(manifest) if manifest.is_file() else None
+    except (ValueError, OSError):
+        return False
+    return isinstance(body, dict) and "format_version" in body
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """``path`` (after resolving links) is ``folder`` or inside it."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _is_damage(path: Path, err: Exception) -> bool:
     """Whether reading ``path`` failed because its bytes are bad (not a wrong column name or
     a permission): a parquet file whose footer still reads is not damaged."""
@@ -434,6 +598,18 @@ def _is_damage(path: Path, err: Exception) -> bool:
             return True
         return False
     return True
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, digest: str, message: str) -> None:
+    """One ``ChangedInputWarning`` per changed file content and process (every step asks
+    for the fingerprint; the person needs to hear it once)."""
+    key = (str(path.resolve()), digest)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, ChangedInputWarning, stacklevel=3)
 
 
 def _brief(err: Exception) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from components import state
+from components.messages import plain, show_caption, show_error, show_warning
 from components.pool import knn, pool
 from components.audit_view import (audit_map_figure, class_histograms, decision_history,
                                    evidence_table, flag_rate_figure, flag_rates,
@@ -23,6 +24,7 @@ from components.selection_view import display_subset
 from core import audit
 from core.ds2 import neighbour_evidence
 from core.errors import InputError
+from core.names import ds2_scores
 from core.workspace import MAP, Workspace
 
 SMALL_MAP_POINTS = 5_000  # the small map draws a fixed random subset (plus this sample)
@@ -91,37 +93,42 @@ def main() -> None:
     if ws is None:
         st.info("No workspace yet: import a file on the Data page or build the demo.")
         return
-    names = [n for n in ws.score_names() if n.startswith("ds2_")]
-    if not names:
+    columns = ds2_scores(ws)  # DS2 score name -> the exact rating column (core.names)
+    if not columns:
         no_ds2_message(ws)
         return
-    score = st.selectbox("Rating", names, key="audit_score",
-                         format_func=lambda n: (ws.score_meta(n) or {}).get("params", {})
-                         .get("rating_column", n)) if len(names) > 1 else names[0]
+    score = st.selectbox("Rating", list(columns), key="audit_score",
+                         format_func=columns.get) if len(columns) > 1 else next(iter(columns))
     meta = ws.score_meta(score) or {}
-    column = (meta.get("params") or {}).get("rating_column") or score[len("ds2_"):]
+    column = columns[score]  # decisions are logged under this exact name
     ds2 = state.load_score(ws, score)
     k = int(meta.get("num_classes") or int(ds2["rating_class"].max()) + 1)
     classes = list(range(k))
+    problems: list[str] = []  # malformed log lines, skipped: say which
     try:
-        entries = audit.read_log(ws)
+        entries = audit.read_log(ws, problems)
         log_state = audit.fold_log(entries)
     except InputError as err:
-        st.error(str(err))
+        show_error(err)
         return
+    for problem in problems:
+        show_warning(problem)
 
     for key in ("audit_note", "audit_error"):
         message = st.session_state.pop(key, None)
         if message:
-            (st.toast if key == "audit_note" else st.error)(message)
+            if key == "audit_note":
+                st.toast(plain(message))
+            else:
+                show_error(message)
 
     done, total = audit.audit_progress(ds2, log_state, column)
-    st.caption(f"Rating column `{column.replace('`', '')}` · {k} classes · {total:,} of {len(ds2):,} samples "
-               f"flagged by DS2 · {int(meta.get('changed', 0)):,} changed by DS2 itself")
+    show_caption(f"Rating column {column} · {k} classes · {total:,} of {len(ds2):,} samples "
+                 f"flagged by DS2 · {int(meta.get('changed', 0)):,} changed by DS2 itself")
     st.progress(done / total if total else 1.0,
                 text=f"{done:,} of {total:,} flagged samples audited")
     for warning in meta.get("warnings", []):
-        st.caption(f"⚠ {warning}")
+        show_caption(f"⚠ {warning}")
     if total == 0:
         st.success("DS2 flagged no sample for this rating: nothing to audit.")
 

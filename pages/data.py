@@ -8,7 +8,6 @@ ran with (from its sidecar) and can be rerun.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,16 @@ import pandas as pd
 import streamlit as st
 
 from components import state
+from components.messages import plain, show_caption, show_error, show_info, show_success
 from core.errors import InputError
+from core.paths import MAX_NAME, NAME_RULE, child_path, is_valid_name, show_name, suggest_name
 
 IMPORT_TYPES = ["json", "jsonl", "gz", "csv", "tsv", "parquet", "pq"]
 CPU_IFD_ROWS_PER_S = 3.0  # SmolLM2-135M on 2 CPU cores, max_length 512 (measured)
 LAST_IMPORT = "data_last_import"
 LM_CHUNK = 64  # rows per resumable chunk for the LM steps
+UPLOADS = "_uploads"  # under the workspaces folder; never a valid workspace name
+UPLOAD_HASH_CHARS = 16  # 64 bits of sha256: collisions between uploads are not a concern
 
 
 # ----- import -------------------------------------------------------------------------------
@@ -39,13 +42,7 @@ def import_section() -> None:
                                   "Parquet (optionally .gz)", type=IMPORT_TYPES,
                                   key="data_upload")
         if upload is not None:
-            folder = workspaces_dir() / "_uploads"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / Path(upload.name).name
-            if not path.exists() or path.stat().st_size != upload.size:
-                from core.atomic import write_bytes
-
-                write_bytes(path, bytes(upload.getbuffer()))
+            path = store_upload(workspaces_dir(), upload.name, upload.getbuffer())
     else:
         text = st.text_input("File or folder path", key="data_path",
                              placeholder="/data/my_dataset.jsonl.gz")
@@ -72,39 +69,64 @@ def import_section() -> None:
                    "mapping": parse_mapping(mapping_text), "skip_invalid": skip_invalid,
                    "limit": int(limit) or None}
     except InputError as err:
-        st.error(str(err))
+        show_error(err)
         return
     b1, b2, _ = st.columns([1, 1, 4])
     if b1.button("Check", key="data_check"):
         try:
             result = read_datasets([path], **options)
         except InputError as err:
-            st.error(str(err))
+            show_error(err)
         else:
             st.session_state[LAST_IMPORT] = _summary(result, None)
     if b2.button("Import", type="primary", key="data_import", disabled=not name):
-        root = workspaces_dir() / _safe_name(name)
+        if not is_valid_name(name):
+            show_error(f"Not a valid workspace name: {NAME_RULE}. Nothing was imported.")
+            st.code(show_name(name), language=None)
+            return
         try:
+            root = child_path(workspaces_dir(), name, what="workspace name")
             with st.spinner("Reading and normalising…"):
                 ws, result = import_to_workspace([path], root, overwrite=overwrite, **options)
         except InputError as err:
-            st.error(str(err))
+            show_error(err)
         else:
             state.set_workspace(ws.root)
             st.session_state[LAST_IMPORT] = _summary(result, str(ws.root))
             st.rerun()
 
 
-def _workspace_name(path: Path) -> str:
-    stem = path.name
+def _split_suffix(name: str) -> tuple[str, str]:
+    """``my data.jsonl.gz`` → (``my data``, ``.jsonl.gz``): the dataset suffixes, kept
+    apart so a shortened or cleaned name still reads as the same format."""
+    stem = name
     for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    return _safe_name(stem)
+    return stem, name[len(stem):].lower()
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "workspace"
+def _workspace_name(path: Path) -> str:
+    """The default workspace name for a file: its cleaned stem (the person may change it)."""
+    return suggest_name(_split_suffix(path.name)[0])
+
+
+def store_upload(workspaces: Path, original_name: str, data) -> Path:
+    """Keep an uploaded file as ``_uploads/<sha256 prefix>/<cleaned name>``: the same
+    content is stored once and reused, two different files with one name never collide, and
+    nothing here is ever deleted (``_uploads`` is not a valid workspace name, so no import
+    can replace it)."""
+    import hashlib
+
+    from core.atomic import write_bytes
+
+    digest = hashlib.sha256(data).hexdigest()[:UPLOAD_HASH_CHARS]
+    stem, suffix = _split_suffix(Path(original_name).name)
+    name = suggest_name(stem, "upload")[: MAX_NAME - len(suffix)].rstrip("-._") + suffix
+    path = child_path(workspaces / UPLOADS / digest, name, what="upload name")
+    if not path.is_file():
+        write_bytes(path, bytes(data))
+    return path
 
 
 def _summary(result, root: str | None) -> dict:
@@ -118,8 +140,8 @@ def show_import_result(summary: dict | None) -> None:
     if not summary:
         return
     where = f" into {Path(summary['root']).name}" if summary["root"] else " (checked only)"
-    st.success(f"{summary['imported']:,} rows ({summary['format']}){where}; "
-               f"{len(summary['skipped']):,} skipped, {len(summary['warnings']):,} warnings")
+    show_success(f"{summary['imported']:,} rows ({summary['format']}){where}; "
+                 f"{len(summary['skipped']):,} skipped, {len(summary['warnings']):,} warnings")
     if summary["skipped"]:
         st.text("Skipped rows")
         st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True, height=200)
@@ -145,7 +167,7 @@ def step_box(title: str, meta: dict | None, ready: bool = True, why: str = "",
     if not ready:
         box.caption(why)
     elif status:
-        box.caption(state.step_done_message("", meta))
+        show_caption(state.step_done_message("", meta), box)
     return box
 
 
@@ -194,7 +216,7 @@ def ifd_step(ws) -> None:
 
     box = step_box("IFD / r-IFD (SmolLM2-135M)", ws.score_meta("ifd"))
     if ws.score_meta("rifd"):
-        box.caption(state.step_done_message("r-IFD", ws.score_meta("rifd")))
+        show_caption(state.step_done_message("r-IFD", ws.score_meta("rifd")), box)
     precomputed_notice(ws, box)
     n = len(ws)
     c1, c2, c3, c4 = box.columns(4)
@@ -251,7 +273,7 @@ def precomputed_notice(ws, box) -> None:
     note = precomputed_note(meta)
     if note is None:
         return
-    box.info(note, icon=":material/inventory_2:")
+    show_info(note, box, icon=":material/inventory_2:")
     rows = int(meta.get("rows") or 0)
     reverse = precomputed_note(ws.score_meta("rifd")) is not None
     rate = _measured_ifd_rate(ws) or CPU_IFD_ROWS_PER_S
@@ -313,14 +335,15 @@ def recost_step(ws) -> None:
 
 
 def ds2_step(ws) -> None:
-    from core.ds2 import SCALES, score_name
+    from core.ds2 import SCALES
+    from core.names import ds2_score_name, ds2_scores
 
     samples = state.load_samples(ws)
     columns = state.numeric_sample_columns(samples)
     box = step_box("DS2 curation", None, status=False)
-    done = [name for name in ws.score_names() if name.startswith("ds2_")]
+    done = list(ds2_scores(ws))
     for name in done:
-        box.caption(state.step_done_message(name, ws.score_meta(name)))
+        show_caption(state.step_done_message(name, ws.score_meta(name)), box)
     if not done:
         box.caption("DS2 curation: not run yet")
     c1, c2, c3 = box.columns(3)
@@ -339,7 +362,7 @@ def ds2_step(ws) -> None:
                                   scale=None if scale == "auto" else scale,
                                   force=_force()) is not None:
                     st.rerun()
-        box.caption(f"writes scores/{score_name(column)}.parquet")
+        show_caption(f"writes scores/{ds2_score_name(column)}.parquet", box)
         return
     backend = c2.selectbox("Backend", ["local", "openai"], key="ds2_backend")
     rater = c3.text_input("Rater name", value=backend, key="ds2_rater")
@@ -356,7 +379,7 @@ def ds2_step(ws) -> None:
             backend_obj = (rate.LocalRater() if backend == "local" else
                            rate.OpenAIRater(base_url, model, api_key_env=key_env or None))
         except InputError as err:
-            box.error(str(err))
+            show_error(err, box)
             return
         with box:
             done = state.run_step("Rating", "rate", rate.run_rate, ws=ws, backend=backend_obj,
@@ -397,8 +420,8 @@ if ws is None:
     st.info("Import a file to start (or build the demo from the sidebar).")
     st.stop()
 
-st.subheader(f"Steps for {ws.name}")
-st.caption(f"{len(ws):,} samples · {ws.root}")
+st.subheader(f"Steps for {plain(ws.name)}")
+show_caption(f"{len(ws):,} samples · {ws.root}")
 st.checkbox("Recompute even when up to date", key="data_force",
             help="A step whose inputs and parameters did not change is normally read back "
                  "from its file; tick this to compute it again from scratch.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components import state
+from components.messages import show_caption, show_warning
 from components.histogram import score_histogram
 from components.inspector import search_samples, selection_table, show_sample
 from components.map import colour_columns, colour_label, map_figure, selected_ids
@@ -56,11 +57,11 @@ if colour is not None and "." in colour:
 
     note = precomputed_note(ws.score_meta(colour.split(".", 1)[0]))
     if note:
-        st.caption(note + " (recompute on the Data page)")
+        show_caption(note + " (recompute on the Data page)")
 
 mask, problem = search_samples(frame, query, regex=regex)
 if problem:
-    st.warning(problem)
+    show_warning(problem)
 matches = frame.loc[mask, "sample_id"].tolist() if query and not problem else None
 if matches is not None:
     st.caption(f"{len(matches):,} of {len(frame):,} samples match")

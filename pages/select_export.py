@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from components import state
+from components.messages import plain, show_caption, show_error, show_success
 from components.pool import embeddings, pool
 from components.inspector import selection_table, show_sample
 from components.map import colour_label, selected_ids
@@ -25,6 +26,8 @@ from components.selection_view import (budget_map, cluster_retention, default_sp
                                        retention_figure, steps_table)
 from core import select
 from core.errors import InputError
+from core.names import ds2_scores
+from core.paths import NAME_RULE, child_path, is_valid_name, show_name
 from core.workspace import Workspace
 
 POLICIES = {
@@ -62,8 +65,8 @@ def policy_controls(ws: Workspace, frame: pd.DataFrame, scores: list[str]
     ifd_cols = columns_ending(scores, "ifd") + columns_ending(scores, "ifd_ppl")
     rifd_cols = columns_ending(scores, "rifd") + columns_ending(scores, "rifd_ppl")
     recost_cols = [c for c in scores if "recost" in c.split(".", 1)[1]]
-    ds2_names = [n for n in ws.score_names() if n.startswith("ds2_")]
-    available = {"ds2": bool(ds2_names), "ifd": bool(ifd_cols),
+    ds2_columns = ds2_scores(ws)  # DS2 score name -> exact rating column (core.names)
+    available = {"ds2": bool(ds2_columns), "ifd": bool(ifd_cols),
                  "reflection": bool(columns_ending(scores, "ifd") and
                                     columns_ending(scores, "rifd")),
                  "recost": bool(recost_cols), "threshold": True}
@@ -74,12 +77,12 @@ def policy_controls(ws: Workspace, frame: pd.DataFrame, scores: list[str]
         st.caption("Not available until their scores exist: " + ", ".join(missing) +
                    " (score on the Data page or with `python -m core`).")
     if policy == "ds2":
-        name = st.selectbox("Rating", ds2_names, key="sel_ds2",
-                            format_func=lambda n: n[len("ds2_"):])
+        name = st.selectbox("Rating", list(ds2_columns), key="sel_ds2",
+                            format_func=ds2_columns.get)
         st.caption("Curated rating best first (your audit decisions override DS2's), then "
                    "the rarest (long-tail score) inside a rating.")
-        return select.DS2Ranking(name[len("ds2_"):]), [f"{name}.curated", f"{name}.long_tail"], \
-            policy
+        ranking = select.DS2Ranking(ds2_columns[name])
+        return ranking, ranking.columns(), policy
     if policy == "ifd":
         col = st.selectbox("IFD column", ifd_cols, key="sel_ifd_col", format_func=colour_label)
         drop = st.radio("Drop", ["ge1", "gt1"], horizontal=True, key="sel_ifd_drop",
@@ -148,11 +151,11 @@ def filter_controls(frame: pd.DataFrame, scores: list[str]) -> list[select.Step]
         finite = values[np.isfinite(values)]
         lo, hi = float(finite.min()), float(finite.max())
         if hi <= lo:
-            st.caption(f"{colour_label(col)}: every sample has {lo:g}")
+            show_caption(f"{colour_label(col)}: every sample has {lo:g}")
             continue
         integer = bool(np.all(np.mod(finite, 1) == 0))
         step = 1.0 if integer else float(f"{(hi - lo) / 200:.2g}")
-        picked = st.slider(colour_label(col), lo, hi, (lo, hi), step, key=f"sel_thr::{col}",
+        picked = st.slider(plain(colour_label(col)), lo, hi, (lo, hi), step, key=f"sel_thr::{col}",
                            format="%.0f" if integer else "%.3f")
         filters.append(select.Threshold(col, min=float(picked[0]), max=float(picked[1])))
     return filters
@@ -200,7 +203,7 @@ def workbench(ws: Workspace) -> None:
         recipe = select.Recipe(filters, ranking, budget)
         selection = run_live(ws, frame, recipe)
     except InputError as err:
-        results.error(str(err))
+        show_error(err, results)
         return
     ids = np.asarray(selection.sample_ids, dtype=np.int64)
     kept = np.isin(frame["sample_id"].to_numpy(), ids)
@@ -319,17 +322,22 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
     with save_col:
         st.markdown("**Save this selection**")
         name = st.text_input("Name", value=f"{recipe.ranking.kind}-{len(selection.sample_ids)}",
-                             key="sel_name", help="letters, digits, '.', '_' or '-'")
-        if st.button("Save selection", key="sel_save", type="primary"):
+                             key="sel_name", help=NAME_RULE)
+        replace = st.checkbox(f"Replace selection {name}", key=f"sel_replace::{name}",
+                              help="A selection of this name is saved already; without "
+                                   "this, Save stops and keeps it") \
+            if is_valid_name(name) and name in saved else False
+        if st.button("Save selection", key="sel_save", type="primary") and \
+                name_ok(name, "selection name"):
             try:
                 final = select.run_selection(ws, recipe, name=name)
-                path = select.save_selection(ws, name, final)
+                path = select.save_selection(ws, name, final, force=replace)
             except InputError as err:
-                st.error(str(err))
+                show_error(err)
             else:
                 st.session_state["sel_saved_name"] = name
-                st.success(f"Saved {len(final.sample_ids):,} samples to {path.name} "
-                           f"(selections/ in the workspace).")
+                show_success(f"Saved {len(final.sample_ids):,} samples to {path.name} "
+                             f"(selections/ in the workspace).")
                 if final.sample_ids != selection.sample_ids:
                     st.warning("The saved selection differs from the preview: the workspace "
                                "changed while you were choosing. The saved file is current.")
@@ -344,7 +352,7 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
             try:
                 diff = select.diff_selections(ws, other, selection)
             except InputError as err:
-                st.error(str(err))
+                show_error(err)
             else:
                 d1, d2, d3 = st.columns(3)
                 d1.metric("In both", f"{diff['common']:,}")
@@ -367,33 +375,36 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
     e1, e2 = st.columns(2)
     with_scores = e1.multiselect("Add scores as fields", scores, key="sel_export_scores",
                                  format_func=colour_label)
-    ds2 = [n[len("ds2_"):] for n in ws.score_names() if n.startswith("ds2_")]
+    ds2 = list(ds2_scores(ws).values())  # exact rating columns
     write_back = e2.selectbox("Write the curated rating (with audit decisions) into a field",
                               [None, *ds2], key="sel_export_rating",
                               format_func=lambda c: "no" if c is None else f"{c}_curated")
     export_name = st.session_state.get("sel_name") or "selection"
-    out = ws.path("exports", f"{export_name}.jsonl")
+    # the export goes to exports/<name>.jsonl only: arbitrary paths are the CLI's --out
+    out = ws.path("exports", f"{export_name}.jsonl") if is_valid_name(export_name) else None
     replace = st.checkbox(f"Replace exports/{out.name}", key="sel_export_replace",
                           help="It exists already; without this, Export stops and keeps it",
-                          ) if out.exists() else False
-    if st.button(f"Export {len(selection.sample_ids):,} samples", key="sel_export"):
+                          ) if out is not None and out.exists() else False
+    if st.button(f"Export {len(selection.sample_ids):,} samples", key="sel_export") and \
+            name_ok(export_name, "export name"):
         from core.export import export_jsonl, manifest_path
 
         record = selection.to_dict()
         record["name"] = st.session_state.get("sel_saved_name") or export_name
         try:
+            out = child_path(ws.path("exports"), export_name, ".jsonl", what="export name")
             manifest = export_jsonl(ws, selection.sample_ids, out, with_scores=with_scores,
                                     write_back_rating=write_back, selection=record,
                                     force=replace)
         except InputError as err:
-            st.error(str(err))
+            show_error(err)
         else:
             st.session_state["sel_export_path"] = str(out)
             st.session_state["sel_export_manifest"] = str(manifest_path(out))
-            st.success(f"Wrote {manifest['rows']:,} rows to exports/{out.name} and its "
-                       f"manifest {manifest_path(out).name}.")
+            show_success(f"Wrote {manifest['rows']:,} rows to exports/{out.name} and its "
+                         f"manifest {manifest_path(out).name}.")
             if manifest.get("licence_note"):
-                st.caption(manifest["licence_note"])
+                show_caption(manifest["licence_note"])
     path = st.session_state.get("sel_export_path")
     if path and Path(path).parent == ws.path("exports"):
         p = Path(path)
@@ -405,6 +416,16 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
             if m.is_file():
                 b2.download_button(f"Download {m.name}", m.read_bytes(), file_name=m.name,
                                    mime="application/json", key="sel_download_manifest")
+
+
+def name_ok(name: str, what: str) -> bool:
+    """True for a valid name; else an error with the name shown as plain text (st.code),
+    never as Markdown, and nothing is written."""
+    if is_valid_name(name):
+        return True
+    show_error(f"Not a valid {what}: {NAME_RULE}. Nothing was written.")
+    st.code(show_name(name), language=None)
+    return False
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from ui_fixture import REPO, SCRIPT, fixture_ws, hostile_ids  # noqa: F401
 
 from components.histogram import score_histogram
+from components.messages import plain
 from components.inspector import search_samples, selection_table
 from components.map import colour_columns, map_figure, selected_ids
 from components.state import build_explore_frame, hover_preview
@@ -224,7 +225,7 @@ def test_data_page_shows_finished_steps(app):
     captions = [c.value for c in app.caption]
     assert sum(c.startswith("done ") for c in captions) >= 4  # embed, knn, map, ifd
     assert any("k=10" in c and "method=" in c for c in captions)
-    assert any(c.startswith(f"{DS2}: done") for c in captions)
+    assert any(c.startswith(plain(f"{DS2}: done")) for c in captions)  # shown as plain text
     app.button(key="run_knn").click().run()  # same parameters: the cached result
     assert not app.exception and not app.error
 

@@ -125,8 +125,10 @@ def test_data_page_says_scores_were_precomputed_and_recomputes(fixture_ws, tmp_p
     at.run()
     at.switch_page("pages/data.py").run()
     assert not at.exception, at.exception
+    from components.messages import plain
+
     notes = [i.value for i in at.info if i.value.startswith("Precomputed for this demo")]
-    assert notes and "python -m core score ifd --workspace W" in notes[0]
+    assert notes and plain("python -m core score ifd --workspace W") in notes[0]
 
     at.button(key="ifd_recompute").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)

@@ -22,18 +22,9 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from core import atomic, ds2
 from core.errors import InputError
 from core.workspace import Workspace
+from ds2_truth import TRUE_T
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# A plausible LLM-rater confusion on the 6-class DS2 scale (rows: true, columns: rated).
-TRUE_T = np.array([
-    [0.70, 0.20, 0.06, 0.02, 0.01, 0.01],
-    [0.12, 0.68, 0.14, 0.04, 0.01, 0.01],
-    [0.03, 0.12, 0.68, 0.13, 0.03, 0.01],
-    [0.01, 0.03, 0.13, 0.68, 0.12, 0.03],
-    [0.01, 0.01, 0.04, 0.14, 0.68, 0.12],
-    [0.01, 0.01, 0.02, 0.06, 0.20, 0.70],
-])
 PRIOR = np.array([0.10, 0.20, 0.25, 0.20, 0.15, 0.10])
 
 

@@ -388,7 +388,7 @@ def test_full_disk_keeps_the_previous_export_and_leaves_no_temp(tmp_path, monkey
         monkeypatch.setattr(export, "open", lambda *a, **k: _FullDisk(open(*a, **k), 100),
                             raising=False)
     else:  # the JSONL fits, the manifest does not
-        def write_bytes(path, data):
+        def write_bytes(path, data, **kwargs):
             with atomic.atomic_path(path) as tmp:
                 tmp.write_bytes(data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

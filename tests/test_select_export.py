@@ -144,8 +144,7 @@ def test_ds2_dual_sort_and_audit_override():
         {"sample_id": 5, "rating_column": "r", "old": None, "suggested": 2, "new": 2,
          "action": "accept"},       # 5 gets a rating by hand: class 2, last
         {"sample_id": 2, "rating_column": "ds2_r", "old": 5, "suggested": 1, "new": 1,
-         "action": "accept"},       # same column written with its ds2_ prefix
-        {"sample_id": 2, "rating_column": "r", "action": "undo"},  # ... undone
+         "action": "accept"},       # another column (names match exactly): ignored here
     ]
     recipe = Recipe(ranking=DS2Ranking("r"), budget=Budget(n=4))
     sel = recipe.apply(ds2, Context(audit=audit))
@@ -299,7 +298,8 @@ def test_audit_fold_last_decision_wins_and_undo_pops():
         {"sample_id": 7, "rating_column": "r", "action": "skip"},       # still rejected
     ]
     assert audit_decisions(log, "r") == {1: 3, 2: 0, 5: 2, 6: 1}
-    assert audit_decisions(log, "ds2_other") == {4: 1}
+    assert audit_decisions(log, "other") == {4: 1}
+    assert audit_decisions(log, "ds2_other") == {}  # exact column names, no prefix alias
     assert rejected_ids(log) == {5, 7}
 
 
