@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from components import state
+from components.messages import show_caption
 
 st.set_page_config(page_title="Cherrypick", page_icon=":cherries:", layout="wide")
 
@@ -69,8 +70,9 @@ def summary(ws) -> None:
     if counts.get("duplicates"):
         box.caption(f"{counts['duplicates']:,} exact duplicates")
     done = [name for name, meta in info["steps"].items() if meta]
-    box.caption("Steps: " + (", ".join(done) if done else "none yet"))
-    box.caption("Scores: " + (", ".join(info["scores"]) if info["scores"] else "none yet"))
+    # score names come from rating columns (data): shown as plain text, never Markdown
+    show_caption("Steps: " + (", ".join(done) if done else "none yet"), box)
+    show_caption("Scores: " + (", ".join(info["scores"]) if info["scores"] else "none yet"), box)
 
 
 pages = [

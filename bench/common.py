@@ -37,6 +37,7 @@ SIZES = {
     "e2e": ([5_000], [50_000]),
     "ifd": ([15, 30], [100, 200]),
     "embed": ([64, 192], [512, 2_048]),
+    "demo": ([1_000], [9_229]),
     "knn": ([5_000, 10_000, 20_000], [10_000, 50_000, 200_000]),
     "umap": ([1_500, 3_000], [10_000, 50_000]),
     "ds2": ([5_000, 10_000, 20_000], [10_000, 50_000, 200_000]),
@@ -167,7 +168,7 @@ def pool_paths() -> list[Path]:
 def import_pool(root: Path, n: int):
     """Import ``n`` rows of the real pool into ``root``: all 50k when n = 50,000, else a
     seeded random sample of the pool (every source represented)."""
-    from core.pipeline import import_to_workspace
+    from core.io import import_to_workspace
 
     sample = n if n < POOL_ROWS else None
     ws, result = import_to_workspace(pool_paths(), root, overwrite=True, skip_invalid=True,

@@ -106,9 +106,9 @@ def draw_ratings(true: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def run(x: np.ndarray, true: np.ndarray, label: str) -> dict:
-    """Time ``core.ds2.curate`` on ``x`` (kNN built first, not timed); print one line and
-    return the figures."""
-    from core import ds2
+    """Time ``core.scores.ds2.curate`` on ``x`` (kNN built first, not timed); print one line
+    and return the figures."""
+    from core.scores import ds2
 
     idx, sims = knn(x)
     ratings = draw_ratings(true)
@@ -146,19 +146,19 @@ def run(x: np.ndarray, true: np.ndarray, label: str) -> dict:
 def plain_loop_baseline(x: np.ndarray, true: np.ndarray) -> dict:
     """The reference's per-sample Python loops (HOC counting, one SimiFeat epoch) on the same
     graph and subsamples, against the engine's vectorised stages: the speed-up ratio."""
-    from core import ds2
+    from core.scores import hoc, simifeat
 
     idx, sims = knn(x)
     ratings = draw_ratings(true)
     k_classes, rounds = 6, 50
 
     start = time.perf_counter()
-    engine_counts = ds2.consensus_counts(ratings, idx, k_classes, rounds=rounds, seed=0)
+    engine_counts = hoc.consensus_counts(ratings, idx, k_classes, rounds=rounds, seed=0)
     engine_hoc = time.perf_counter() - start
     start = time.perf_counter()
-    points, patterns = ds2.consensus_patterns(ratings, idx)
+    points, patterns = hoc.consensus_patterns(ratings, idx)
     cnt3 = np.zeros((k_classes,) * 3)
-    for sub in ds2.hoc_subsamples(len(points), rounds, 50_000, 0):
+    for sub in hoc.hoc_subsamples(len(points), rounds, 50_000, 0):
         local = np.zeros_like(cnt3)
         for s in sub:
             a, b, c = patterns[s]
@@ -169,10 +169,10 @@ def plain_loop_baseline(x: np.ndarray, true: np.ndarray) -> dict:
 
     rho = np.full(k_classes, 0.3)
     start = time.perf_counter()
-    ds2.detect_misratings(ratings, idx, sims, rho, k=10, epochs=1, seed=0)
+    simifeat.detect_misratings(ratings, idx, sims, rho, k=10, epochs=1, seed=0)
     engine_epoch = time.perf_counter() - start
     start = time.perf_counter()
-    rows = next(ds2.simifeat_subsamples(ratings, 1, 0.9, 0))
+    rows = next(simifeat.simifeat_subsamples(ratings, 1, 0.9, 0))
     member = np.zeros(len(ratings), dtype=bool)
     member[rows] = True
     for i in rows:

@@ -17,10 +17,10 @@ def stage_e2e(n: int, quick: bool) -> dict:
     """import → embed → kNN → map → DS2 → select → export of ``n`` real pool rows in this
     one process, with the time and the peak RSS of each step."""
     from core import atomic, export, select
-    from core.ds2 import run_curate
     from core.embed import embedding_params, model_identity, run_embed
     from core.knn import run_neighbors
     from core.maps import run_map
+    from core.scores.ds2 import run_curate
     from core.workspace import EMBEDDINGS, cache_key
 
     root = CACHE / f"ws-e2e-{n}"
@@ -46,14 +46,14 @@ def stage_e2e(n: int, quick: bool) -> dict:
         info = json.loads(cached.with_suffix(".json").read_text())
 
         def inject():  # the cached vectors, under the key run_embed computes, then run_embed
-            params = embedding_params(None, "full")
+            params = embedding_params(None, "full", "fp32")
             atomic.write_npy(ws.path(EMBEDDINGS), np.load(cached))
             atomic.write_json(ws.path("embeddings.json"), {
                 "step": EMBEDDINGS, "key": cache_key(params, {"samples":
                                                               ws.samples_fingerprint()}),
                 "params": params, "model": params["model"], "dim": params["dim"],
                 "recipe": "full", "note": "bench: reused from " + cached.name})
-            result = run_embed(ws)
+            result = run_embed(ws, precision="fp32")
             assert result.cached, "the injected embeddings were not accepted"
 
         embed_note = (f"reused bench/.cache/{cached.name} (computed {info['created']}, "
@@ -61,7 +61,8 @@ def stage_e2e(n: int, quick: bool) -> dict:
                       f"peak RSS {info.get('peak_rss_mib', float('nan')):.0f} MiB then)")
         step("embed", inject, embed_note)
     else:
-        step("embed", lambda: run_embed(ws, batch_size=64))
+        # exact fp32, so the vectors cached below stay valid whatever this CPU's default
+        step("embed", lambda: run_embed(ws, batch_size=64, precision="fp32"))
         s = steps[-1]
         shutil.copyfile(ws.path(EMBEDDINGS), cached)
         cached.with_suffix(".json").write_text(json.dumps({

@@ -72,26 +72,75 @@ def bench_embed(files: list[Path], baseline: bool = True
     return embed_files(files)
 
 
-def compare_with_plain_encode(n: int = 512, repeats: int = 2, offset: int = 0) -> dict:
-    """``embed_texts`` against a plain ``SentenceTransformer.encode`` of the same ``n`` real
-    rows (9k file, from row ``offset``), alternated, best of ``repeats`` each (the machine
-    is shared). Prints two lines and returns the seconds of both."""
+def neighbour_agreement(truth: np.ndarray, other: np.ndarray, k: int = 10) -> dict:
+    """How close ``other`` vectors are to ``truth`` (same rows): cosine per row (min, mean)
+    and exact kNN@k recall of ``other``'s neighbours against ``truth``'s."""
+    cos = np.sum(truth * other, axis=1)
+    t_idx, _ = knn.knn_search(truth, k=k, method="exact")
+    o_idx, _ = knn.knn_search(other, k=k, method="exact")
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "recall": float(knn.recall_at_k(o_idx, t_idx)), "k": k}
+
+
+def compare_with_plain_encode(n: int = 512, repeats: int = 2, offset: int = 0,
+                              precision: str = "auto") -> dict:
+    """``embed_texts`` (exact fp32, and ``precision``: auto = bf16 where it is fast) against
+    a plain fp32 ``SentenceTransformer.encode`` of the same ``n`` real rows (9k file, from
+    row ``offset``), alternated, best of ``repeats`` each (the machine is shared); plus the
+    fast vectors' cosine to the plain ones and their kNN@10 recall against the plain
+    neighbours. Prints one line per variant and returns the figures."""
     nine = read_rows(DATA / NINE_K)
     texts = embed.embedding_text(nine.iloc[offset:offset + n])
-    model = embed.load_embedder()
-    model.encode(texts[:64], normalize_embeddings=True)  # warm up
-    plain, ours = np.inf, np.inf
+    fast = embed.resolve_precision(precision)
+    model = embed.load_embedder(precision="fp32")
+    fast_model = embed.load_embedder(precision=fast)
+    load_before = os.getloadavg()[0]
+    variants = {
+        "plain": lambda: model.encode(texts, batch_size=64, normalize_embeddings=True),
+        "fp32": lambda: embed.embed_texts(texts, model, batch_size=64),
+        fast: lambda: embed.embed_texts(texts, fast_model, batch_size=64),
+    }
+    for warm in (model, fast_model):  # first-call allocations, kernel selection
+        warm.encode(texts[:64])
+    best, vectors = {}, {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        model.encode(texts, batch_size=64, normalize_embeddings=True)
-        plain = min(plain, time.perf_counter() - start)
-        start = time.perf_counter()
-        embed.embed_texts(texts, model, batch_size=64)
-        ours = min(ours, time.perf_counter() - start)
-    line("plain SentenceTransformer.encode (baseline)", len(texts), plain)
-    line("embed_texts (length-sorted batches)", len(texts), ours, f"ratio {plain / ours:.2f}x")
-    return {"rows": len(texts), "plain_s": plain, "engine_s": ours, "repeats": repeats,
-            "chars_per_row": float(np.mean([len(t) for t in texts]))}
+        for name, run in variants.items():
+            start = time.perf_counter()
+            vectors[name] = np.asarray(run(), dtype=np.float32)
+            best[name] = min(best.get(name, np.inf), time.perf_counter() - start)
+    agree = neighbour_agreement(vectors["plain"], vectors[fast])
+    plain = best["plain"]
+    line("plain SentenceTransformer.encode fp32 (baseline)", len(texts), plain)
+    line("embed_texts fp32 (token-length-sorted batches)", len(texts), best["fp32"],
+         f"ratio {plain / best['fp32']:.2f}x")
+    if fast != "fp32":
+        line(f"embed_texts {fast}", len(texts), best[fast],
+             f"ratio {plain / best[fast]:.2f}x  cosine min {agree['cosine_min']:.5f}  "
+             f"kNN@10 recall {agree['recall']:.4f}")
+    return {"rows": len(texts), "plain_s": plain, "engine_fp32_s": best["fp32"],
+            "engine_s": best[fast], "precision": fast, "repeats": repeats, **agree,
+            "chars_per_row": float(np.mean([len(t) for t in texts])),
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
+def render(runs) -> list[str]:
+    """The RESULTS.md section of the embed stage (bench/run_all.py)."""
+    L = ["## Embeddings: `core.embed.embed_texts` vs plain `SentenceTransformer.encode`",
+         "", "all-MiniLM-L6-v2, text=full, batch 64, CPU; first N rows of alpaca_random_9k; "
+         "best of the repeats, alternated in one process. The fast precision is what "
+         "`run_embed`'s default (`auto`) picks on this CPU; recall = kNN@10 of its vectors "
+         "against the plain fp32 neighbours of the same rows.", "",
+         "| N | chars/row | plain fp32 encode ms/row | embed_texts fp32 ms/row | "
+         "fp32 speed-up | fast precision | its ms/row | speed-up | cosine min | "
+         "kNN@10 recall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        n, plain = r["rows"], r["plain_s"]
+        fp32 = r.get("engine_fp32_s", r["engine_s"])
+        L.append(f"| {n:,} | {r['chars_per_row']:.0f} | {plain / n * 1e3:.1f} | "
+                 f"{fp32 / n * 1e3:.1f} | {plain / fp32:.2f}× | {r.get('precision', 'fp32')} | "
+                 f"{r['engine_s'] / n * 1e3:.1f} | {plain / r['engine_s']:.2f}× | "
+                 f"{r.get('cosine_min', float('nan')):.5f} | {r.get('recall', float('nan')):.4f} |")
+    return L
 
 
 def embed_files(files: list[Path]) -> tuple[dict[int, np.ndarray], list[str]]:

@@ -1,18 +1,19 @@
-"""IFD speed: the batched engine (core/ifd.py) against the plain per-sample loop.
+"""IFD speed: the batched engine (core/ifd.py) against the plain per-sample loop and against
+the matrix-product roofline of this machine (bench/roofline.py).
 
-The same real Alpaca rows are scored in one process by tests/lm_reference.py (one forward per
-pass, full logits, like Cherry LLM's loop) and by ``core.ifd.ifd_scores``, in fp32 and in
-bf16. Prints rows/s, the speedup over the fp32 loop, the engine's agreement with the loop in
-fp32, and the bf16 deviation from fp32 (Spearman of IFD, median relative difference).
+The same real Alpaca rows (read by the project's importer) are scored in one process by
+tests/lm_reference.py (one forward per pass, full logits, like Cherry LLM's loop) and by
+``core.ifd.ifd_scores``, in fp32 and in bf16. Prints rows/s, the speed-up over the fp32
+loop, the engine's share of the roofline (the time the needed FLOPs take at the measured
+matmul rates / the engine's time), the engine's agreement with the loop in fp32 and the bf16
+deviation from fp32 (Spearman of IFD, median and max relative difference).
 
-    python bench/ifd.py [--rows 200] [--template none] [--max-length 512] [--budgets 4096]
+    python bench/ifd.py [--rows 200] [--template none] [--max-length 512] [--budgets 2048]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import sys
 import time
@@ -20,22 +21,27 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+for _p in (str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import lm_reference as ref  # noqa: E402
+import roofline  # noqa: E402
 from core import ifd  # noqa: E402
 from core.lm import load_causal_lm  # noqa: E402
 
+DATA_FILE = ROOT.parent / "shared" / "data" / "alpaca_random_9k.jsonl.gz"
+
 
 def load_rows(n: int) -> list[dict]:
-    path = ROOT.parent / "shared" / "data" / "alpaca_random_9k.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for _, line in zip(range(n), fh)]
-    return rows
+    """The first ``n`` rows of the real Alpaca file, as the importer reads them."""
+    from core.io import read_dataset
+
+    frame = read_dataset(DATA_FILE, limit=n).samples
+    return frame[["instruction", "input", "output"]].to_dict("records")
 
 
 def reference_loop(lm, rows, template, max_length) -> np.ndarray:
@@ -50,19 +56,62 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
+def best_of(fn, repeats: int):
+    """The value and the shortest time of ``repeats`` calls (the machine may be shared)."""
+    value, best = None, float("inf")
+    for _ in range(max(1, repeats)):
+        value, seconds = timed(fn)
+        best = min(best, seconds)
+    return value, best
+
+
 def deviation(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     ok = np.isfinite(a) & np.isfinite(b)
     rel = np.abs(a[ok] - b[ok]) / np.abs(b[ok])
     return float(spearmanr(a[ok], b[ok])[0]), float(np.median(rel)), float(np.max(rel))
 
 
+def workload(lm, cols, template: str, max_length: int) -> dict:
+    """FLOPs the IFD scoring of these rows needs at the least (``roofline.workload_flops``),
+    from the very sequences the engine reads (caught at ``sequence_losses``), with their
+    token counts."""
+    seen: list = []
+
+    def spy(lm_, seqs, *args, **kwargs):
+        seen.extend(seqs)
+        return np.full(len(seqs), np.nan)
+
+    real, ifd.sequence_losses = ifd.sequence_losses, spy
+    try:
+        ifd.ifd_scores(lm, *cols, template=template, max_length=max_length)
+    finally:
+        ifd.sequence_losses = real
+    kept = [(ids, n) for ids, n in seen if n > 0]
+    lengths, scored = [len(ids) for ids, _ in kept], [n for _, n in kept]
+    flops = roofline.workload_flops(lengths, scored, roofline.model_shape(lm.model.config))
+    return {**flops, "tokens_read": sum(lengths), "tokens_scored": sum(scored)}
+
+
+def best_rates(*measured: dict) -> dict:
+    """Per dtype and kind, the best of several roofline measurements (noise only slows)."""
+    out = {}
+    for m in measured:
+        for dtype, rates in m["dtypes"].items():
+            mine = out.setdefault(dtype, {})
+            for kind in ("layers", "attention", "vocab"):
+                mine[kind] = max(mine.get(kind, 0.0), rates[kind])
+    return out
+
+
 def compare(n_rows: int = 200, template: str = "none", max_length: int = 512,
-            budgets: tuple[int, ...] = (4096,), threads: int | None = None,
-            bf16_loop: bool = True, loops: bool = True, bf16: bool = True,
+            budgets: tuple[int, ...] = (ifd.DEFAULT_TOKEN_BUDGET,), threads: int | None = 2,
+            bf16_loop: bool = True, loops: bool = True, bf16: bool = True, repeats: int = 1,
             echo=print) -> dict:
     """Score the first ``n_rows`` rows with the per-sample loop and the engine, fp32 and
-    bf16, in this process; print one line per variant (through ``echo``) and return the
-    figures: ``{"rows", "variants": [{"name", "seconds", "rows_per_s", "speedup", ...}]}``.
+    bf16, in this process, and measure the roofline before and after (the best of the two
+    per kind is used); print one line per variant (through ``echo``) and return the figures:
+    ``{"rows", "roofline", "workload", "variants": [{"name", "seconds", "rows_per_s",
+    "speedup", "roofline_share", ...}]}``. The engine runs ``repeats`` times (best kept).
     ``loops=False`` times the engine only (no baseline, no speed-up)."""
     import torch
 
@@ -72,8 +121,12 @@ def compare(n_rows: int = 200, template: str = "none", max_length: int = 512,
     cols = ([r["instruction"] for r in rows], [r["input"] for r in rows],
             [r["output"] for r in rows])
     n = len(rows)
+    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+    roof_before = roofline.measure(threads, dtypes=dtypes)
+    for line in roofline.table(roof_before):
+        echo(line)
     out: dict = {"rows": n, "template": template, "max_length": max_length,
-                 "torch_threads": torch.get_num_threads(),
+                 "torch_threads": torch.get_num_threads(), "repeats": repeats,
                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "variants": []}
 
     def add(name, seconds, base=None, **extra):
@@ -83,6 +136,11 @@ def compare(n_rows: int = 200, template: str = "none", max_length: int = 512,
     echo(f"{n} real Alpaca rows, template={template}, max_length={max_length}, "
          f"torch threads={out['torch_threads']}, OMP_WAIT_POLICY={out['omp_wait_policy']}")
     lm32 = load_causal_lm(dtype="float32")
+    work = workload(lm32, cols, template, max_length)
+    out["workload"] = work
+    echo(f"work: {work['tokens_read']:,} tokens read, {work['tokens_scored']:,} scored; "
+         f"{work['layers'] / 1e12:.2f} TFLOP in the layers, {work['vocab'] / 1e12:.2f} in "
+         f"the vocabulary projection, {work['attention'] / 1e12:.3f} in attention")
     # warm-up (first-call allocations, kernel selection) on a few rows, not timed
     ifd.ifd_scores(lm32, *(c[:4] for c in cols), template=template, max_length=max_length)
     t_loop32 = None
@@ -90,40 +148,96 @@ def compare(n_rows: int = 200, template: str = "none", max_length: int = 512,
         loop32, t_loop32 = timed(lambda: reference_loop(lm32, rows, template, max_length))
         add("per-sample loop fp32 (baseline)", t_loop32, t_loop32)
         echo(f"per-sample loop  fp32: {n / t_loop32:6.2f} rows/s   (baseline)")
-    eng32 = None
-    for budget in budgets:
-        got, t = timed(lambda: ifd.ifd_scores(lm32, *cols, template=template,
-                                              max_length=max_length,
-                                              token_budget=budget)["ifd"].to_numpy())
-        eng32 = got if eng32 is None else eng32
-        if loops:
-            rel = float(np.nanmax(np.abs(got - loop32) / np.abs(loop32)))
-            add(f"engine fp32, budget {budget}", t, t_loop32, max_rel_diff_vs_loop=rel)
-            echo(f"engine fp32 budget {budget:5d}: {n / t:6.2f} rows/s   "
-                 f"speedup {t_loop32 / t:4.2f}x   max rel diff vs loop {rel:.1e}")
-        else:
-            add(f"engine fp32, budget {budget}", t)
-            echo(f"engine fp32 budget {budget:5d}: {n / t:6.2f} rows/s")
-    if not bf16:
-        return out
-    lm16 = load_causal_lm(dtype="bfloat16")
-    ifd.ifd_scores(lm16, *(c[:4] for c in cols), template=template, max_length=max_length)
-    if loops and bf16_loop:
-        loop16, t_loop16 = timed(lambda: reference_loop(lm16, rows, template, max_length))
-        add("per-sample loop bf16", t_loop16, t_loop32)
-        echo(f"per-sample loop  bf16: {n / t_loop16:6.2f} rows/s   "
-             f"speedup {t_loop32 / t_loop16:4.2f}x")
-    for budget in budgets:
-        got, t = timed(lambda: ifd.ifd_scores(lm16, *cols, template=template,
-                                              max_length=max_length,
-                                              token_budget=budget)["ifd"].to_numpy())
-        rho, med, mx = deviation(got, eng32)
-        add(f"engine bf16, budget {budget}", t, t_loop32, spearman_vs_fp32=rho,
-            median_rel_diff_vs_fp32=med, max_rel_diff_vs_fp32=mx)
-        speed = f"speedup {t_loop32 / t:4.2f}x   " if t_loop32 else ""
-        echo(f"engine bf16 budget {budget:5d}: {n / t:6.2f} rows/s   {speed}"
-             f"vs fp32: Spearman {rho:.4f}, median rel diff {med:.2%}, max {mx:.2%}")
+    engines: dict = {}
+
+    def engine(lm, label: str):
+        for budget in budgets:
+            got, t = best_of(lambda: ifd.ifd_scores(lm, *cols, template=template,
+                                                    max_length=max_length,
+                                                    token_budget=budget)["ifd"].to_numpy(),
+                             repeats)
+            engines.setdefault(label, (got, t, budget))
+            extra: dict = {}
+            line = f"engine {label} budget {budget:5d}: {n / t:6.2f} rows/s"
+            if t_loop32:
+                line += f"   speedup {t_loop32 / t:4.2f}x"
+            if label == "fp32" and loops:
+                extra["max_rel_diff_vs_loop"] = float(np.nanmax(np.abs(got - loop32)
+                                                                / np.abs(loop32)))
+                line += f"   max rel diff vs loop {extra['max_rel_diff_vs_loop']:.1e}"
+            if label == "bf16":
+                rho, med, mx = deviation(got, engines["fp32"][0])
+                extra.update(spearman_vs_fp32=rho, median_rel_diff_vs_fp32=med,
+                             max_rel_diff_vs_fp32=mx)
+                line += f"   vs fp32: Spearman {rho:.4f}, median {med:.2%}, max {mx:.2%}"
+            add(f"engine {label}, budget {budget}", t, t_loop32, dtype=label, **extra)
+            echo(line)
+
+    engine(lm32, "fp32")
+    if bf16:
+        lm16 = load_causal_lm(dtype="bfloat16")
+        out["bf16_compute"] = lm16.compute
+        ifd.ifd_scores(lm16, *(c[:4] for c in cols), template=template, max_length=max_length)
+        if loops and bf16_loop:
+            _, t_loop16 = timed(lambda: reference_loop(lm16, rows, template, max_length))
+            add("per-sample loop bf16", t_loop16, t_loop32)
+            echo(f"per-sample loop  bf16: {n / t_loop16:6.2f} rows/s   "
+                 f"speedup {t_loop32 / t_loop16:4.2f}x")
+        engine(lm16, "bf16")
+    roof_after = roofline.measure(threads, dtypes=dtypes)
+    rates = best_rates(roof_before, roof_after)
+    out["roofline"] = {**roof_before, "dtypes": {d: {**roof_before["dtypes"][d], **rates[d]}
+                                                 for d in dtypes},
+                       "load_after": roof_after["load_after"]}
+    for v in out["variants"]:
+        dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(v.get("dtype"))
+        if dtype:
+            limit = roofline.limit_seconds(work, rates[dtype])
+            v["roofline_rows_per_s"] = n / limit
+            v["roofline_share"] = limit / v["seconds"]
+            echo(f"{v['name']}: {v['roofline_share']:.0%} of the {v['dtype']} roofline "
+                 f"({v['rows_per_s']:.2f} of {n / limit:.2f} rows/s; roofline layers "
+                 f"{rates[dtype]['layers']:.0f}, vocabulary {rates[dtype]['vocab']:.0f}, "
+                 f"attention {rates[dtype]['attention']:.0f} GFLOP/s)")
     return out
+
+
+def render(runs) -> list[str]:
+    """The RESULTS.md section of the ifd stage (bench/run_all.py)."""
+    L = ["## IFD: engine vs per-sample reference loop and the matmul roofline", ""]
+    for r in [r for r in runs if r.get("full_comparison")]:
+        c = r["compare"]
+        roof = c.get("roofline") or {}
+        L.append(f"{c['rows']} real Alpaca rows, SmolLM2-135M-Instruct, template "
+                 f"{c['template']}, max_length {c['max_length']}, {c['torch_threads']} torch "
+                 f"threads, OMP_WAIT_POLICY={c['omp_wait_policy']}; engine best of "
+                 f"{c.get('repeats', 1)}.")
+        if roof:
+            L += ["", f"Roofline (bench/roofline.py, best of before and after): CPU "
+                  f"{roof['cpu']}, flags {' '.join(roof['flags']) or '–'}. "
+                  + "; ".join(f"{d}: layers {x['layers']:.0f}, vocabulary {x['vocab']:.0f}, "
+                              f"attention {x['attention']:.0f} GFLOP/s"
+                              for d, x in roof["dtypes"].items())
+                  + f". Work: {c['workload']['tokens_read']:,} tokens read, "
+                  f"{c['workload']['tokens_scored']:,} scored."]
+        if c.get("bf16_compute"):
+            L += ["", f"bf16 mode: {c['bf16_compute']}."]
+        L += ["", "| variant | rows/s | s/row | vs fp32 loop | roofline rows/s | share of "
+              "roofline | agreement |", "|---|---|---|---|---|---|---|"]
+        for v in c["variants"]:
+            agree = ""
+            if "max_rel_diff_vs_loop" in v:
+                agree = f"max rel diff vs loop {v['max_rel_diff_vs_loop']:.1e}"
+            if "spearman_vs_fp32" in v:
+                agree = (f"vs engine fp32: Spearman {v['spearman_vs_fp32']:.4f}, median "
+                         f"{v['median_rel_diff_vs_fp32']:.2%}, max "
+                         f"{v['max_rel_diff_vs_fp32']:.2%}")
+            speed = f"{v['speedup']:.2f}×" if v.get("speedup") else "–"
+            share = f"{v['roofline_share']:.0%}" if "roofline_share" in v else "–"
+            limit = f"{v['roofline_rows_per_s']:.2f}" if "roofline_rows_per_s" in v else "–"
+            L.append(f"| {v['name']} | {v['rows_per_s']:.2f} | {1 / v['rows_per_s']:.3f} | "
+                     f"{speed} | {limit} | {share} | {agree} |")
+    return L
 
 
 def main() -> None:
@@ -131,14 +245,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--template", default="none", choices=ifd.TEMPLATES)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--budgets", default="4096", help="comma-separated token budgets")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--budgets", default=str(ifd.DEFAULT_TOKEN_BUDGET),
+                    help="comma-separated token budgets")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="engine runs per variant (best)")
     ap.add_argument("--skip-bf16-loop", action="store_true",
                     help="do not time the per-sample loop in bf16 (saves time)")
     args = ap.parse_args()
     compare(args.rows, args.template, args.max_length,
             tuple(int(b) for b in args.budgets.split(",")), args.threads,
-            bf16_loop=not args.skip_bf16_loop)
+            bf16_loop=not args.skip_bf16_loop, repeats=args.repeats)
 
 
 if __name__ == "__main__":

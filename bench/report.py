@@ -141,37 +141,15 @@ def render_e2e(runs) -> list[str]:
 
 
 def render_ifd(runs) -> list[str]:
-    L = ["## IFD: engine vs per-sample reference loop", ""]
-    main = [r for r in runs if r.get("full_comparison")]
-    for r in main:
-        c = r["compare"]
-        L.append(f"{c['rows']} real Alpaca rows, SmolLM2-135M-Instruct, template "
-                 f"{c['template']}, max_length {c['max_length']}, {c['torch_threads']} torch "
-                 f"threads, OMP_WAIT_POLICY={c['omp_wait_policy']}.")
-        L += ["", "| variant | rows/s | s/row | vs fp32 loop | agreement |", "|---|---|---|---|---|"]
-        for v in c["variants"]:
-            agree = ""
-            if "max_rel_diff_vs_loop" in v:
-                agree = f"max rel diff vs loop {v['max_rel_diff_vs_loop']:.1e}"
-            if "spearman_vs_fp32" in v:
-                agree = (f"vs engine fp32: Spearman {v['spearman_vs_fp32']:.4f}, median "
-                         f"{v['median_rel_diff_vs_fp32']:.2%}, max {v['max_rel_diff_vs_fp32']:.2%}")
-            L.append(f"| {v['name']} | {fmt(v['rows_per_s'])} | {fmt(1 / v['rows_per_s'], 3)} | "
-                     f"{ratio(1, 1 / v['speedup']) if v['speedup'] else '–'} | {agree} |")
-    return L
+    from ifd import render  # bench/ifd.py: the stage's figures and their table
+
+    return render(runs)
 
 
 def render_embed(runs) -> list[str]:
-    L = ["## Embeddings per row: `core.embed.embed_texts` vs plain `SentenceTransformer.encode`",
-         "", "all-MiniLM-L6-v2, text=full, batch 64, CPU; first N rows of alpaca_random_9k; "
-         "best of the repeats, alternated.", "",
-         "| N | chars/row | plain encode ms/row | embed_texts ms/row | plain / engine |",
-         "|---|---|---|---|---|"]
-    for r in runs:
-        L.append(f"| {r['rows']:,} | {fmt(r['chars_per_row'], 0)} | "
-                 f"{fmt(r['plain_s'] / r['rows'] * 1e3, 1)} | "
-                 f"{fmt(r['engine_s'] / r['rows'] * 1e3, 1)} | {ratio(r['plain_s'], r['engine_s'])} |")
-    return L
+    from embed_knn_map import render  # bench/embed_knn_map.py
+
+    return render(runs)
 
 
 def section(title: str, intro: str | None, columns: list[str], rows: list[str]) -> list[str]:
@@ -221,7 +199,7 @@ def render_ds2(runs) -> list[str]:
                 f"{r['flagged']:.1%} | {', '.join(r['stages'])} |")
 
     return section(
-        "DS2 curation (`core.ds2.curate`, kNN excluded)",
+        "DS2 curation (`core.scores.ds2.curate`, kNN excluded)",
         "Synthetic ratings drawn through a known 6×6 transition matrix from topic-cluster "
         "classes (bench/ds2.py). Baseline: the reference's per-sample Python loops (HOC "
         "counting over 50 subsamples, one SimiFeat epoch) on the same graph.",

@@ -34,15 +34,18 @@ from pathlib import Path
 from app import stage_app
 from common import (CACHE, RESULTS_JSON, RESULTS_MD, ROOT, SIZES, STAGES, jsonable,
                     load_results, machine, now, proc_status, save_results)
+from demo_build import render as render_demo, stage_demo
 from e2e import stage_e2e
 from report import (render_app, render_ds2, render_e2e, render_embed, render_ifd,
                     render_knn, render_select, render_umap, write_report)
 from stages import stage_ds2, stage_embed, stage_ifd, stage_knn, stage_select, stage_umap
 
 STAGE_FUNCS = {"e2e": stage_e2e, "ifd": stage_ifd, "embed": stage_embed, "knn": stage_knn,
-               "umap": stage_umap, "ds2": stage_ds2, "select": stage_select, "app": stage_app}
+               "umap": stage_umap, "ds2": stage_ds2, "select": stage_select, "app": stage_app,
+               "demo": stage_demo}
 RENDER = {"e2e": render_e2e, "ifd": render_ifd, "embed": render_embed, "knn": render_knn,
-          "umap": render_umap, "ds2": render_ds2, "select": render_select, "app": render_app}
+          "umap": render_umap, "ds2": render_ds2, "select": render_select, "app": render_app,
+          "demo": render_demo}
 
 
 def run_child(stage: str, n: int, quick: bool, log) -> dict:

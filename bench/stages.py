@@ -21,7 +21,8 @@ def stage_ifd(n: int, quick: bool) -> dict:
     from core.ifd import DEFAULT_TOKEN_BUDGET
 
     main = n == max(SIZES["ifd"][0 if quick else 1])
-    out = bench_ifd.compare(n, budgets=(DEFAULT_TOKEN_BUDGET,), loops=main, bf16=main)
+    out = bench_ifd.compare(n, budgets=(DEFAULT_TOKEN_BUDGET,), loops=main, bf16=main,
+                            repeats=1 if quick else 2)
     eng = next(v for v in out["variants"] if v["name"].startswith("engine fp32"))
     series = {"engine fp32": eng["seconds"]}
     if main:

@@ -96,8 +96,9 @@ def one_line(text, chars: int = PREVIEW_CHARS) -> str:
 
 def evidence_table(neighbours: pd.DataFrame, samples: pd.DataFrame,
                    decisions: dict | None = None) -> pd.DataFrame:
-    """The neighbour evidence (``core.ds2.neighbour_evidence``) with each neighbour's text
-    preview; ``decisions`` (sample_id → rating) adds the audited rating where there is one."""
+    """The neighbour evidence (``core.scores.simifeat.neighbour_evidence``) with each
+    neighbour's text preview; ``decisions`` (sample_id → rating) adds the audited rating where
+    there is one."""
     text = samples.set_index("sample_id")["instruction"]
     out = pd.DataFrame({
         "neighbour": neighbours["neighbour_id"].astype(int).to_numpy(),

@@ -40,7 +40,7 @@ def _knn(root: str, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def knn(ws: Workspace) -> tuple[np.ndarray, np.ndarray] | None:
     """The kNN graph (read-only arrays), or None when there is none yet."""
-    return _knn(str(ws.root), state.file_key(ws.path(KNN))) if ws.exists(KNN) else None
+    return _knn(str(ws.root), state.file_key(ws, KNN)) if ws.exists(KNN) else None
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -49,4 +49,4 @@ def _embeddings(root: str, key: str) -> np.ndarray:
 
 
 def embeddings(ws: Workspace) -> np.ndarray:
-    return _embeddings(str(ws.root), state.file_key(ws.path("embeddings.npy")))
+    return _embeddings(str(ws.root), state.file_key(ws, "embeddings.npy"))

@@ -28,6 +28,7 @@ import streamlit as st
 from components.messages import show_error
 from core.errors import Cancelled, InputError
 from core.io import RESERVED
+from core.select import numeric_score_columns, score_table
 from core.workspace import CLUSTERS, MANIFEST, MAP, SAMPLES, Workspace
 
 WORKSPACE_KEY = "workspace_root"
@@ -105,30 +106,22 @@ def set_workspace(root: str | os.PathLike) -> None:
 
 
 # ----- fingerprints and cached loads --------------------------------------------------------
-def file_key(path: str | os.PathLike) -> str:
+def file_key(ws: Workspace, name: str) -> str:
     """Cache key of one workspace file: its sidecar key (what produced it) plus mtime and
     size (a resumed step keeps its key but grows the file). Empty when the file is absent."""
-    path = Path(path)
     try:
-        stat = path.stat()
+        stat = ws.path(name).stat()
     except FileNotFoundError:
         return ""
-    side = Workspace.sidecar_path(path)
-    key = ""
-    if side != path and side.is_file():
-        try:
-            import json
-
-            key = json.loads(side.read_text("utf-8")).get("key", "")
-        except (OSError, ValueError):
-            key = ""
+    meta = None if name.endswith(".json") else ws.meta(name)
+    key = meta.get("key", "") if isinstance(meta, dict) else ""
     return f"{key}:{stat.st_mtime_ns}:{stat.st_size}"
 
 
 def workspace_key(ws: Workspace) -> str:
     """One key over every file the Explore frame is built from."""
-    parts = [file_key(ws.path(SAMPLES)), file_key(ws.path(MAP)), file_key(ws.path(CLUSTERS))]
-    parts += [f"{name}={file_key(ws.path('scores', name + '.parquet'))}"
+    parts = [file_key(ws, SAMPLES), file_key(ws, MAP), file_key(ws, CLUSTERS)]
+    parts += [f"{name}={file_key(ws, f'scores/{name}.parquet')}"
               for name in ws.score_names()]
     return "|".join(parts)
 
@@ -140,7 +133,7 @@ def _samples(root: str, key: str) -> pd.DataFrame:
 
 def load_samples(ws: Workspace) -> pd.DataFrame:
     """samples.parquet, cached on its fingerprint (do not modify the returned frame)."""
-    return _samples(str(ws.root), file_key(ws.path(SAMPLES)))
+    return _samples(str(ws.root), file_key(ws, SAMPLES))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -149,7 +142,7 @@ def _score(root: str, name: str, key: str) -> pd.DataFrame:
 
 
 def load_score(ws: Workspace, name: str) -> pd.DataFrame:
-    return _score(str(ws.root), name, file_key(ws.path("scores", name + ".parquet")))
+    return _score(str(ws.root), name, file_key(ws, f"scores/{name}.parquet"))
 
 
 def numeric_sample_columns(samples: pd.DataFrame) -> list[str]:
@@ -167,7 +160,8 @@ def numeric_sample_columns(samples: pd.DataFrame) -> list[str]:
 def build_explore_frame(ws: Workspace) -> pd.DataFrame:
     """One row per sample: ids, texts, an escaped hover ``preview``, map coordinates and
     cluster (NaN when there is no map yet), numeric source fields (ratings), and every numeric
-    or boolean score column as ``<score file>.<column>``. Plain pandas; no Streamlit."""
+    or boolean score column as ``<score file>.<column>`` (``core.select.score_table``, which
+    checks the files). Plain pandas; no Streamlit."""
     samples = ws.samples()
     frame = samples[["sample_id", *TEXT_COLUMNS]].copy()
     for name in numeric_sample_columns(samples):
@@ -185,19 +179,12 @@ def build_explore_frame(ws: Workspace) -> pd.DataFrame:
         frame["y"] = np.nan
         frame["cluster"] = np.nan
         frame["cluster_title"] = None
-    for name in ws.score_names():
-        scores = ws.read_score(name)
-        if "sample_id" not in scores:
-            continue
-        keep = [c for c in scores.columns if c != "sample_id" and
-                (pd.api.types.is_bool_dtype(scores[c]) or pd.api.types.is_numeric_dtype(scores[c]))]
-        if not keep:
-            continue
-        part = scores[["sample_id", *keep]].drop_duplicates("sample_id", keep="last")
-        part = part.rename(columns={c: f"{name}.{c}" for c in keep})
-        for c in part.columns[1:]:
-            part[c] = _as_float(part[c])
-        frame = frame.merge(part, on="sample_id", how="left")
+    columns = numeric_score_columns(ws)
+    if columns:
+        scores = score_table(ws, columns)
+        for c in columns:
+            scores[c] = _as_float(scores[c])
+        frame = frame.merge(scores, on="sample_id", how="left")
     return frame.reset_index(drop=True)
 
 

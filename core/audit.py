@@ -27,8 +27,8 @@ with one ``write`` call, so two browser tabs (or a tab and the CLI) deciding at 
 lose nothing and never interleave bytes. This file is the one exception to "every write goes
 through ``core.atomic``": an atomic rename would make concurrent appends lose lines.
 
-Selection (``core.select``) reads the curated rating as: the decision in force from
-``current_decisions`` when there is one, else DS2's curated rating (``apply_decisions``).
+The curated rating in force is ``curated_in_force``: the rating a person put in force when
+there is one, else DS2's curated rating. Selection, export and the app all read it there.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputError
@@ -193,7 +194,7 @@ def _parse(data: bytes, source: str, problems: list[str] | None = None) -> list[
     other decisions still count, and the bad line is never read as something else. Lines
     end at a newline byte only (a rating column may hold U+2028, which ``splitlines`` would
     cut)."""
-    entries = []
+    entries, skipped = [], []
     lines = data.split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     for number, raw in enumerate(lines):
@@ -209,12 +210,13 @@ def _parse(data: bytes, source: str, problems: list[str] | None = None) -> list[
                    f"not valid JSON ({' '.join(str(err).split())[:120]})")
         if why is None:
             entries.append(entry)
-            continue
-        message = (f"{source}, line {number + 1}: skipped, {why}; fix or delete that line "
-                   "by hand")
+        else:
+            skipped.append(f"{source}, line {number + 1}: skipped, {why}; fix or delete "
+                           "that line by hand")
+    for message in skipped:
         warnings.warn(message, AuditLogWarning, stacklevel=3)
-        if problems is not None:
-            problems.append(message)
+    if problems is not None:
+        problems.extend(skipped)
     return entries
 
 
@@ -329,6 +331,26 @@ def ratings_in_force(state: AuditState, rating_column: str) -> dict[int, object]
     return dict(sorted(out.items()))
 
 
+def curated_in_force(curated: pd.Series, log: AuditState | Iterable[dict],
+                     rating_column: str) -> pd.Series:
+    """THE curated rating: DS2's ``curated`` (indexed by sample_id) with the rating a person
+    put in force for ``rating_column`` (``ratings_in_force``) on top, as float64 (NaN:
+    missing, DS2's class -1 for an unrated sample included). ``log`` is the folded log or its
+    entries; decisions on samples not in ``curated`` are ignored, and ``curated`` is left as
+    it was."""
+    state = log if isinstance(log, AuditState) else fold_log(list(log))
+    values = pd.to_numeric(curated, errors="coerce").astype("Float64").to_numpy(
+        dtype="float64", na_value=float("nan"))
+    with np.errstate(invalid="ignore"):
+        values[values < 0] = float("nan")
+    out = pd.Series(values, index=curated.index, name=curated.name)
+    hand = {sid: rating for sid, rating in ratings_in_force(state, rating_column).items()
+            if sid in out.index}
+    if hand:
+        out.loc[list(hand)] = [float(rating) for rating in hand.values()]
+    return out
+
+
 def rejected_ids(ws: Workspace, rating_column: str | None = None) -> set[int]:
     """Samples whose newest standing decision other than skip, over every rating column
     (or one), is ``reject``: selections that exclude rejected rows leave them out."""
@@ -377,21 +399,6 @@ def undo_last(ws: Workspace, rating_column: str, sample_id: int | None = None) -
                  "new": state.rating(sid, rating_column), "action": "undo"}
         _write_line(fh, entry)
     return target
-
-
-def apply_decisions(curated: pd.Series, decisions: dict) -> pd.Series:
-    """DS2's curated ratings (indexed by sample_id) with the person's decisions on top."""
-    out = curated.copy()
-    if not decisions:
-        return out
-    ids = pd.Index(list(decisions.keys()))
-    present = ids.isin(out.index)
-    if present.any():
-        values = pd.Series(decisions)[present]
-        if pd.api.types.is_integer_dtype(out.dtype) and values.isna().any():
-            out = out.astype("Float64")
-        out.loc[values.index] = values.to_numpy()
-    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from .errors import Cancelled, InputError
 from .text import terminal_safe
 
 # Modules that add subcommands (each has register_cli), in help order.
-AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.ifd", "core.rate", "core.ds2",
-                "core.select", "core.export", "core.demo")
+AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.ifd", "core.raters.run",
+                "core.scores.ds2", "core.select.cli", "core.export", "core.demo")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -106,8 +106,7 @@ def _register_import(sub) -> None:
 
 
 def _cmd_import(args) -> int:
-    from .io import DEFAULT_MAX_CHARS, parse_mapping
-    from .pipeline import import_to_workspace
+    from .io import DEFAULT_MAX_CHARS, import_to_workspace, parse_mapping
 
     ws, result = import_to_workspace(
         args.paths, args.workspace, format=args.format, mapping=parse_mapping(args.mapping),

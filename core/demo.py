@@ -63,7 +63,7 @@ def build_demo(name: str = "alpaca", progress: Progress | None = None,
     from .embed import run_embed
     from .knn import run_neighbors
     from .maps import run_map
-    from .pipeline import import_to_workspace
+    from .io import import_to_workspace
 
     if name not in DEMOS:
         raise InputError(f"unknown demo '{name}'; choose one of {', '.join(DEMOS)}")

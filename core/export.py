@@ -26,8 +26,8 @@ import pandas as pd
 from . import atomic
 from .errors import InputError
 from .names import ds2_score_name, resolve_rating_column
-from .select import (_float, audit_decisions, load_selection, resolve_columns,
-                     score_sources, score_table)
+from .audit import audit_state, curated_in_force
+from .select import as_float, column_dtypes, load_selection, resolve_columns, score_table
 from .workspace import Workspace, frame_fingerprint, now_iso, package_versions, sha256_file
 
 
@@ -56,8 +56,8 @@ def check_out(out: Path) -> None:
 
 def curated_ratings(ws: Workspace, rating_column: str) -> pd.Series:
     """Curated rating per sample_id for ``rating_column`` (the exact column, or its DS2
-    score name): a rating set by hand in the audit log for that column, else DS2's curated
-    rating (``core.names.ds2_score_name``), else missing."""
+    score name): ``core.audit.curated_in_force`` of DS2's curated rating
+    (``core.names.ds2_score_name``), as JSON values (classes as integers, missing None)."""
     column = resolve_rating_column(ws, rating_column)
     name = ds2_score_name(column)
     if name not in ws.score_names():
@@ -65,13 +65,9 @@ def curated_ratings(ws: Workspace, rating_column: str) -> pd.Series:
                          f"(scores/{name}.parquet); run DS2 curation first",
                          field="write_back_rating")
     table = score_table(ws, [f"{name}.curated"])
-    rating = pd.Series(table[f"{name}.curated"].to_numpy(dtype=object),
-                       index=table["sample_id"].to_numpy())
-    rating = rating.map(_as_rating)
-    for sid, value in audit_decisions(ws, column).items():
-        if sid in rating.index:
-            rating[sid] = _as_rating(value)
-    return rating
+    curated = pd.Series(table[f"{name}.curated"].to_numpy(),
+                        index=table["sample_id"].to_numpy())
+    return curated_in_force(curated, audit_state(ws), column).map(_as_rating)
 
 
 def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.PathLike,
@@ -81,7 +77,7 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
     """Write the records of ``sample_ids`` (sorted, unique) to ``out_path`` as JSONL and a
     manifest ``<stem>.manifest.json`` beside it; return the manifest.
 
-    - ``with_scores``: score columns (plain or qualified names, see ``select.score_table``)
+    - ``with_scores``: score columns (plain or qualified names, see ``core.select.score_table``)
       added to each record under the name given; a missing score is ``null``.
     - ``write_back_rating``: a rating column (its exact name, e.g. ``claude_ge_4_5`` or
       ``quality score``, or its DS2 score name, see ``core.names``) whose curated rating is
@@ -212,7 +208,8 @@ def _export_line(text: str, extra: dict[str, Any], sid: int, non_finite: dict[st
     parsed, every non-finite number becomes null (counted per top-level field in
     ``non_finite``), and it is written again with ``allow_nan=False`` as the guard."""
     if not extra and "NaN" not in text and "Infinity" not in text:
-        return text  # json.dumps spells a non-finite float only as NaN, Infinity, -Infinity
+        return _escape_line_separators(text)  # json.dumps spells a non-finite float only
+        # as NaN, Infinity or -Infinity
     try:
         obj = json.loads(text)
     except (TypeError, ValueError) as err:
@@ -230,7 +227,13 @@ def _export_line(text: str, extra: dict[str, Any], sid: int, non_finite: dict[st
                 raise InputError(f"the record already has a field {name!r}; choose another "
                                  "name", row=sid, field=name)
             obj[name] = value
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return _escape_line_separators(json.dumps(obj, ensure_ascii=False, allow_nan=False))
+
+
+def _escape_line_separators(line: str) -> str:
+    """U+2028/U+2029 as JSON escapes: valid JSON either way (they can only stand inside a
+    string), but readers that split lines with ``str.splitlines`` would cut the record."""
+    return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def _finite(value: Any, field: str, counts: dict[str, int]) -> Any:
@@ -246,12 +249,8 @@ def _finite(value: Any, field: str, counts: dict[str, int]) -> Any:
 
 
 def _integer_in_source(ws: Workspace, source: str, column: str) -> bool:
-    """Whether ``column`` of the file ``source`` (``select.score_sources``) holds integers."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(score_sources(ws)[source])
-    return pa.types.is_integer(schema.field(column).type)
+    """Whether ``column`` of the file ``source`` (``select.column_dtypes``) holds integers."""
+    return pd.api.types.is_integer_dtype(column_dtypes(ws, source)[column])
 
 
 def _json_value(value: Any) -> Any:
@@ -274,7 +273,7 @@ def _as_rating(value: Any) -> Any:
 
 
 def _summary(values: pd.Series) -> dict:
-    v = _float(pd.Series(values))
+    v = as_float(pd.Series(values))
     ok = v[np.isfinite(v)]
     if not len(ok):
         return {"min": None, "median": None, "max": None, "missing": int(len(v))}

@@ -46,6 +46,7 @@ import pandas as pd
 
 from .errors import InputError
 from .progress import Progress, TqdmProgress, report
+from .workspace import SAMPLES, Step
 
 TEMPLATES = ("none", "alpaca", "chat")
 
@@ -580,6 +581,7 @@ def row_text(instruction: Any, input: Any, output: Any) -> str:
 
 
 # ----- workspace steps ----------------------------------------------------------------------
+IFD_NAME = "ifd"
 IFD_SCORE = "scores/ifd.parquet"
 RIFD_SCORE = "scores/rifd.parquet"
 RECOST_SCORE = "scores/recost.parquet"
@@ -596,27 +598,8 @@ def _load(model, dtype: str):
 def lm_params(lm, **extra) -> dict:
     """What determines LM scores (the cache key): model identity and dtype, plus ``extra``."""
     return {"model": lm.name, "model_identity": lm.identity, "dtype": lm.dtype,
+            **({"compute": lm.compute} if getattr(lm, "compute", None) else {}),
             "start_token_id": int(lm.start_token_id), "scorer_version": 1, **extra}
-
-
-def _chunk_progress(progress: Progress | None):
-    """Outer progress for run_chunked plus an inner one for samples within a chunk."""
-    state = {"done": 0}
-
-    def outer(done: int, total: int, note: str = "") -> None:
-        state["done"] = done
-        report(progress, done, total, note)
-
-    def inner_for(total: int):
-        if progress is None:
-            return None
-
-        def inner(done: int, chunk_total: int, note: str = "") -> None:
-            report(progress, min(total, state["done"] + done), total, note)
-
-        return inner
-
-    return outer, inner_for
 
 
 def _samples(ws, sample_ids):
@@ -641,34 +624,33 @@ def run_ifd(ws, sample_ids: Sequence[int] | None = None, model=None, template: s
                          f"{', '.join(TEMPLATES)}", field="template")
     lm = _load(model, dtype)
     frame, ids = _samples(ws, sample_ids)
-    inputs = {"samples": ws.samples_fingerprint()}
-    outer, inner_for = _chunk_progress(progress)
-    total = len(ids)
+    inputs = {"samples": SAMPLES}
 
-    def compute_ifd(chunk: np.ndarray) -> pd.DataFrame:
+    def compute_ifd(chunk: np.ndarray, chunk_progress) -> pd.DataFrame:
         rows = frame.loc[chunk]
         scores = ifd_scores(lm, rows["instruction"].tolist(), rows["input"].tolist(),
                             rows["output"].tolist(), template=template, max_length=max_length,
-                            token_budget=token_budget, progress=inner_for(total))
+                            token_budget=token_budget, progress=chunk_progress)
         scores.insert(0, "sample_id", np.asarray(chunk, dtype=np.int64))
         return scores
 
-    results = {"ifd": ws.run_chunked(
-        IFD_SCORE, lm_params(lm, template=template, max_length=int(max_length)), inputs,
-        ids, compute_ifd, chunk_size=chunk_size, progress=outer, extra_meta=lm.meta(),
-        force=force), "rifd": None}
+    ifd_step = Step(IFD_SCORE, lm_params(lm, template=template, max_length=int(max_length)),
+                    inputs=inputs, meta=lm.meta())
+    results = {"ifd": ws.run_chunked(ifd_step, ids, compute_ifd, chunk_size=chunk_size,
+                                     progress=progress, force=force), "rifd": None}
     if with_reverse:
-        def compute_rifd(chunk: np.ndarray) -> pd.DataFrame:
+        def compute_rifd(chunk: np.ndarray, chunk_progress) -> pd.DataFrame:
             rows = frame.loc[chunk]
             scores = rifd_scores(lm, rows["instruction"].tolist(), rows["input"].tolist(),
                                  rows["output"].tolist(), max_length=max_length,
-                                 token_budget=token_budget, progress=inner_for(total))
+                                 token_budget=token_budget, progress=chunk_progress)
             scores.insert(0, "sample_id", np.asarray(chunk, dtype=np.int64))
             return scores
 
-        results["rifd"] = ws.run_chunked(
-            RIFD_SCORE, lm_params(lm, max_length=int(max_length)), inputs, ids, compute_rifd,
-            chunk_size=chunk_size, progress=outer, extra_meta=lm.meta(), force=force)
+        rifd_step = Step(RIFD_SCORE, lm_params(lm, max_length=int(max_length)), inputs=inputs,
+                         meta=lm.meta())
+        results["rifd"] = ws.run_chunked(rifd_step, ids, compute_rifd, chunk_size=chunk_size,
+                                         progress=progress, force=force)
     return results
 
 
@@ -725,12 +707,9 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
     meta = ws.meta(IFD_SCORE)
     if meta is not None and ws.exists(IFD_SCORE) and meta.get("params") == plain_params \
             and meta.get("inputs", {}).get("samples") == ws.samples_fingerprint():
-        prev = pd.read_parquet(ws.path(IFD_SCORE), columns=["sample_id", "loss_conditioned"])
+        prev = ws.read_score(IFD_NAME, ["sample_id", "loss_conditioned"])
         reuse = dict(zip(prev["sample_id"].tolist(), prev["loss_conditioned"].tolist()))
-    outer, inner_for = _chunk_progress(progress)
-    total = len(ids)
-
-    def compute(chunk: np.ndarray) -> pd.DataFrame:
+    def compute(chunk: np.ndarray, chunk_progress) -> pd.DataFrame:
         rows = frame.loc[chunk]
         emb = embed_texts(embedding_text(rows, "instruction"), model=embed_model)
         keys = [row_text(a, b, c) for a, b, c in zip(rows["instruction"], rows["input"],
@@ -745,7 +724,7 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
                                max_length=max_length,
                                knowledge_max_length=knowledge_max_length,
                                entropy_plain=plain,
-                               token_budget=token_budget, progress=inner_for(total))
+                               token_budget=token_budget, progress=chunk_progress)
         scores.insert(0, "sample_id", np.asarray(chunk, dtype=np.int64))
         scores.insert(len(scores.columns) - 1, "demo_rows",
                       pd.Series([[int(j) for j in r if j >= 0] for r in idx], dtype=object,
@@ -755,11 +734,11 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
     params = {**plain_params, "k": int(k), "embed_model": str(embed_model or "default"),
               "knowledge_max_length": int(knowledge_max_length or 2 * max_length),
               "demo_layout": "template, least similar first, left-truncated"}
-    return ws.run_chunked(RECOST_SCORE, params, {"samples": ws.samples_fingerprint(),
-                                                 "reference": ref_fp},
-                          ids, compute, chunk_size=chunk_size, progress=outer,
-                          extra_meta={**lm.meta(), "reference": ref_fp,
-                                      "reused_ifd_entropy": reuse is not None}, force=force)
+    step = Step(RECOST_SCORE, params, inputs={"samples": SAMPLES},
+                external={"reference": ref_fp},
+                meta={**lm.meta(), "reference": ref_fp, "reused_ifd_entropy": reuse is not None})
+    return ws.run_chunked(step, ids, compute, chunk_size=chunk_size, progress=progress,
+                          force=force)
 
 
 # ----- CLI ----------------------------------------------------------------------------------

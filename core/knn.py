@@ -30,7 +30,7 @@ import numpy as np
 from . import atomic
 from .errors import InputError
 from .progress import Progress, report
-from .workspace import EMBEDDINGS, KNN, StepResult, Workspace
+from .workspace import EMBEDDINGS, KNN, Codec, Step, StepResult, Workspace
 
 # Measured on 2 cores (bench/embed_knn_map.py, bench/README.md "Embeddings, kNN, map"):
 # exact search grows with N² (idle: 9k 1.2 s, 36k 16 s; 200k ≈ 3.6× HNSW) while HNSW grows
@@ -151,8 +151,7 @@ def run_neighbors(ws: Workspace, k: int = 10, method: str = "auto",
     The value is ``(indices, similarities)``; indices are embedding rows (= sample_id order).
     """
     k = check_k(k)
-    fingerprint = ws.fingerprint(EMBEDDINGS)
-    if fingerprint is None or not ws.exists(EMBEDDINGS):
+    if ws.fingerprint(EMBEDDINGS) is None or not ws.exists(EMBEDDINGS):
         raise InputError("no embeddings yet; run `python -m core embed --workspace "
                          f"{ws.root}` first", file=str(ws.root))
     n = len(ws.embeddings(mmap=True))
@@ -166,14 +165,7 @@ def run_neighbors(ws: Workspace, k: int = 10, method: str = "auto",
     def compute():
         return knn_search(ws.embeddings(mmap=False), k=k, method=resolved, progress=progress)
 
-    def write(path, value):
-        atomic.write_npz(path, indices=value[0], similarities=value[1])
-
-    def read(path):
-        with np.load(path, allow_pickle=False) as z:
-            return z["indices"], z["similarities"]
-
-    def extra(value):
+    def summary(value):
         meta = {"rows": n, "k_requested": k, "k": int(value[0].shape[1]),
                 "method_requested": method, "threads": thread_count(), "self_excluded": True}
         if k_used < k:
@@ -181,8 +173,20 @@ def run_neighbors(ws: Workspace, k: int = 10, method: str = "auto",
                             "(no padding; every index is a real neighbour)")
         return meta
 
-    return ws.run_whole(KNN, params, {"embeddings": fingerprint}, compute, write, read,
-                        force=force, extra_meta=extra)
+    step = Step(KNN, params, inputs={"embeddings": EMBEDDINGS}, codec=KNN_CODEC)
+    return ws.run_whole(step, compute, force=force, summary=summary)
+
+
+def _write_graph(path, value) -> None:
+    atomic.write_npz(path, indices=value[0], similarities=value[1])
+
+
+def _read_graph(path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["indices"], z["similarities"]
+
+
+KNN_CODEC = Codec(_write_graph, _read_graph)
 
 
 # ----- CLI -----------------------------------------------------------------------------------

@@ -23,10 +23,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import atomic
 from .errors import InputError
 from .progress import Progress, report
-from .workspace import CLUSTERS, EMBEDDINGS, KNN, MAP, StepResult, Workspace
+from .workspace import CLUSTERS, EMBEDDINGS, JSON, KNN, MAP, Step, StepResult, Workspace
 
 MIN_UMAP_ROWS = 30
 DEFAULT_N_NEIGHBORS = 15
@@ -188,11 +187,10 @@ def run_map(ws: Workspace, seed: int = 0, n_clusters: int | None = None,
 
     The value is ``{"map": frame, "clusters": {"titles": ..., "sizes": ...}}``.
     """
-    emb_key, knn_key = ws.fingerprint(EMBEDDINGS), ws.fingerprint(KNN)
-    if emb_key is None or not ws.exists(EMBEDDINGS):
+    if ws.fingerprint(EMBEDDINGS) is None or not ws.exists(EMBEDDINGS):
         raise InputError(f"no embeddings yet; run `python -m core embed --workspace {ws.root}`",
                          file=str(ws.root))
-    if knn_key is None or not ws.exists(KNN):
+    if ws.fingerprint(KNN) is None or not ws.exists(KNN):
         raise InputError("no neighbours yet; run `python -m core neighbors --workspace "
                          f"{ws.root}`", file=str(ws.root))
     params = {"seed": seed, "n_clusters": n_clusters, "layout": "umap (pca below "
@@ -219,29 +217,19 @@ def run_map(ws: Workspace, seed: int = 0, n_clusters: int | None = None,
         sizes = np.bincount(labels, minlength=len(titles)) if len(labels) else []
         clusters = {"titles": {str(c): t for c, t in titles.items()},
                     "sizes": {str(c): int(s) for c, s in enumerate(sizes)}}
-        return {"map": frame, "clusters": clusters, "layout": layout}
+        return {MAP: frame, CLUSTERS: clusters, "layout": layout}
 
-    def write(path, value):
-        # clusters.json first: a kill between the two writes leaves the old map, whose
-        # sidecar key no longer matches, so the next run redoes both.
-        atomic.write_json(ws.path(CLUSTERS), value["clusters"])
-        atomic.write_parquet(path, value["map"])
+    def summary(value):
+        return {"rows": int(len(value[MAP])), **value["layout"],
+                "n_clusters": len(value[CLUSTERS]["titles"]), "clusters": value[CLUSTERS]}
 
-    def read(path):
-        return {"map": pd.read_parquet(path), "clusters": atomic.read_json(ws.path(CLUSTERS))}
-
-    def extra(value):
-        return {"rows": int(len(value["map"])), **value["layout"],
-                "n_clusters": len(value["clusters"]["titles"]),
-                "clusters": value["clusters"]}
-
-    if not force and ws.exists(MAP) and not ws.exists(CLUSTERS) and ws.meta(MAP):
-        # restore clusters.json from the sidecar rather than recomputing the map
-        clusters = ws.meta(MAP).get("clusters")
-        if clusters:
-            atomic.write_json(ws.path(CLUSTERS), clusters)
-    return ws.run_whole(MAP, params, {"embeddings": emb_key, "knn": knn_key}, compute, write,
-                        read, force=force, extra_meta=extra)
+    # clusters.json is written before the map: a kill between the two leaves the old map,
+    # whose key no longer matches, so the next run redoes both.
+    step = Step(MAP, params, inputs={"embeddings": EMBEDDINGS, "knn": KNN},
+                also={CLUSTERS: JSON})
+    result = ws.run_whole(step, compute, force=force, summary=summary)
+    value = {"map": result.value[MAP], "clusters": result.value[CLUSTERS]}
+    return StepResult(value, result.meta, result.cached)
 
 
 # ----- CLI -----------------------------------------------------------------------------------

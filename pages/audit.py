@@ -22,9 +22,9 @@ from components.heatmap import annotated_heatmap, clicked_cell
 from components.inspector import show_sample
 from components.selection_view import display_subset
 from core import audit
-from core.ds2 import neighbour_evidence
 from core.errors import InputError
 from core.names import ds2_scores
+from core.scores.simifeat import neighbour_evidence
 from core.workspace import MAP, Workspace
 
 SMALL_MAP_POINTS = 5_000  # the small map draws a fixed random subset (plus this sample)
@@ -207,8 +207,7 @@ def main() -> None:
     st.divider()
     st.subheader("How noisy is this rater?")
     c1, c2, c3 = st.columns(3)
-    decisions = audit.ratings_in_force(log_state, column)
-    curated = audit.apply_decisions(ds2.set_index("sample_id")["curated"], decisions)
+    curated = audit.curated_in_force(ds2.set_index("sample_id")["curated"], log_state, column)
     with_audit = np.bincount(curated[curated >= 0].astype(int), minlength=k)[:k]
     raw_hist = meta.get("histogram_raw") or np.bincount(
         ds2.loc[ds2["rating_class"] >= 0, "rating_class"], minlength=k).tolist()

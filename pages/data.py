@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -30,8 +29,7 @@ UPLOAD_HASH_CHARS = 16  # 64 bits of sha256: collisions between uploads are not 
 # ----- import -------------------------------------------------------------------------------
 def import_section() -> None:
     from core.demo import workspaces_dir
-    from core.io import FORMATS, parse_mapping, read_datasets
-    from core.pipeline import import_to_workspace
+    from core.io import FORMATS, import_to_workspace, parse_mapping, read_datasets
 
     st.subheader("Import a file")
     how = st.radio("Source", ["Upload", "Path on this machine"], horizontal=True,
@@ -240,7 +238,7 @@ def ifd_step(ws) -> None:
     seconds = int(size) / rate * (2 if reverse else 1)
     box.caption(f"Estimated time: about {state.format_seconds(seconds)} at {rate:.1f} rows/s "
                 f"({where}). Already scored rows are skipped.")
-    ids = _sample_ids(ws, int(size))
+    ids = ws.pick_sample_ids(sample=int(size)).tolist()
     # small chunks: a cancel or a reload loses at most one chunk (~20 s on CPU)
     kwargs = dict(ws=ws, template=template, max_length=int(max_length), dtype=dtype,
                   chunk_size=LM_CHUNK)
@@ -300,13 +298,6 @@ def _measured_ifd_rate(ws) -> float | None:
     return rows / took if rows and took and took > 0 else None
 
 
-def _sample_ids(ws, size: int) -> list[int]:
-    ids = np.sort(state.load_samples(ws)["sample_id"].to_numpy(np.int64))
-    if size >= len(ids):
-        return ids.tolist()
-    return np.sort(np.random.default_rng(0).choice(ids, size, replace=False)).tolist()
-
-
 def recost_step(ws) -> None:
     from core.select import list_selections
 
@@ -335,8 +326,8 @@ def recost_step(ws) -> None:
 
 
 def ds2_step(ws) -> None:
-    from core.ds2 import SCALES
     from core.names import ds2_score_name, ds2_scores
+    from core.scores.ratings import SCALES
 
     samples = state.load_samples(ws)
     columns = state.numeric_sample_columns(samples)
@@ -355,7 +346,7 @@ def ds2_step(ws) -> None:
         column = c2.selectbox("Rating column", columns, key="ds2_column")
         scale = c3.selectbox("Scale", ["auto", *SCALES], key="ds2_scale")
         if box.button("Run DS2", key="run_ds2"):
-            from core.ds2 import run_curate
+            from core.scores.ds2 import run_curate
 
             with box:
                 if state.run_step("DS2", "ds2", run_curate, ws=ws, rating_column=column,
@@ -373,40 +364,26 @@ def ds2_step(ws) -> None:
         model = o2.text_input("Model", "gpt-4o-mini", key="ds2_model")
         key_env = o3.text_input("API key variable", "OPENAI_API_KEY", key="ds2_key_env")
     if box.button("Rate, then run DS2", key="run_rate"):
-        from core import rate
+        from core.raters.backends import LocalRater, OpenAIRater
+        from core.raters.run import run_rate
+        from core.scores.ds2 import run_curate
 
         try:
-            backend_obj = (rate.LocalRater() if backend == "local" else
-                           rate.OpenAIRater(base_url, model, api_key_env=key_env or None))
+            backend_obj = (LocalRater() if backend == "local" else
+                           OpenAIRater(base_url, model, api_key_env=key_env or None))
         except InputError as err:
             show_error(err, box)
             return
         with box:
-            done = state.run_step("Rating", "rate", rate.run_rate, ws=ws, backend=backend_obj,
-                                  rater_name=rater, sample_ids=_sample_ids(ws, int(size)))
+            # the CLI's `rate --sample N --seed 0` then `curate --rater NAME`, same arguments
+            done = state.run_step("Rating", "rate", run_rate, ws=ws, backend=backend_obj,
+                                  rater_name=rater,
+                                  sample_ids=ws.pick_sample_ids(sample=int(size)))
             if done is None:
                 return
-            ratings = _rater_ratings_file(ws, rater)
-            from core.ds2 import run_curate
-
-            if state.run_step("DS2", "ds2", run_curate, ws=ws,
-                              rating_column=f"rating_{rater}", scale="ds2-10",
-                              ratings_file=ratings) is not None:
+            if state.run_step("DS2", "ds2", run_curate, ws=ws, rater=rater,
+                              force=_force()) is not None:
                 st.rerun()
-
-
-def _rater_ratings_file(ws, rater: str) -> Path:
-    """A rater's ``overall`` ratings as JSONL keyed by sample_id, the form DS2 reads."""
-    from core import atomic
-    from core.rate import rating_score_name
-
-    frame = ws.read_score(rating_score_name(rater))[["sample_id", "overall"]]
-    frame = frame.rename(columns={"overall": f"rating_{rater}"})
-    path = ws.path("ratings", rater, "overall.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        frame.to_json(tmp, orient="records", lines=True)
-    return path
 
 
 # ----- page ---------------------------------------------------------------------------------

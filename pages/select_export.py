@@ -164,24 +164,18 @@ def filter_controls(frame: pd.DataFrame, scores: list[str]) -> list[select.Step]
 def run_live(ws: Workspace, frame: pd.DataFrame, recipe: select.Recipe) -> select.Selection:
     """The recipe on the shared frame, memoised per recipe, workspace content and audit log
     (moving a slider back is instant; RECOST sampling is slow on large pools)."""
-    return _live(str(ws.root), state.workspace_key(ws), state.file_key(ws.path("audit.jsonl")),
+    return _live(str(ws.root), state.workspace_key(ws), state.file_key(ws, "audit.jsonl"),
                  json.dumps(recipe.to_dict(), sort_keys=True), frame)
 
 
 @st.cache_resource(show_spinner="Running the selection…", max_entries=16)
 def _live(root: str, pool_key: str, audit_key: str, recipe_json: str,
           _frame: pd.DataFrame) -> select.Selection:
-    ws, frame = Workspace(root), _frame
+    ws = Workspace(root)
     recipe = select.Recipe.from_dict(json.loads(recipe_json))
-    ctx = select.Context(n_all=len(frame))
-    if any(s.needs_embeddings() for s in recipe.steps()):
-        ctx.embeddings = embeddings(ws)
-    ctx.audit = select.read_audit(ws)
-    if recipe.budget.stratified:
-        ctx.cluster_sizes = pd.Series(select._cluster_keys(frame["map.cluster"].to_numpy())
-                                      ).value_counts().to_dict()
+    ctx = select.selection_context(ws, recipe, embeddings=lambda: embeddings(ws))
     cols = ["sample_id", *[c for c in recipe.columns() if c != "sample_id"]]
-    return recipe.apply(frame[cols], ctx)
+    return recipe.apply(_frame[cols], ctx)
 
 
 # ----- the page -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The known rater confusion that synthetic DS2 ratings are drawn through, so that a test
-(tests/test_ds2.py) or a benchmark (bench/ds2.py) can check how well ``core.ds2`` recovers it.
-Kept apart from the test module so the benchmark can import it without pytest."""
+(tests/test_ds2.py) or a benchmark (bench/ds2.py) can check how well ``core.scores.ds2``
+recovers it. Kept apart from the test module so the benchmark can import it without pytest."""
 
 import numpy as np
 

@@ -67,7 +67,7 @@ def write_sources(data_dir: Path) -> None:
 
 
 def new_workspace(root: Path):
-    from core.pipeline import import_to_workspace
+    from core.io import import_to_workspace
 
     ws, _ = import_to_workspace([SOURCE], root)
     return ws
@@ -97,7 +97,7 @@ def run_step(ws, step: str, lm=None) -> None:
         run_recost(ws, str(REFERENCE), k=2, model=lm, dtype="float32", force=True,
                    **_exact_recost_embedding())
     elif step == "ds2":
-        from core.ds2 import run_curate
+        from core.scores.ds2 import run_curate
 
         run_curate(ws, rating_column=RATING, seed=0, force=True)
     elif step == "select":

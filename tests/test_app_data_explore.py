@@ -315,3 +315,100 @@ def test_sidebar_picker_lists_workspaces_and_switches(app, fixture_ws, tmp_path)
     picker.select(str(other.resolve())).run()
     assert not fresh.exception
     assert fresh.session_state["workspace_root"] == str(other.resolve())
+
+
+# ----- the app's rater → DS2 path is the CLI's ------------------------------------------------
+class _HashRater:
+    """A stdlib OpenAI-compatible server on 127.0.0.1 that rates a sample by a hash of the
+    request: overall 1-10, and an answer DS2 cannot read (prose) for every ninth hash."""
+
+    def __init__(self):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                digest = int(hashlib.sha256(body["messages"][-1]["content"].encode())
+                             .hexdigest()[:8], 16)
+                content = ("A fine sample." if digest % 9 == 0 else
+                           json.dumps({"Rarity": 5, "Complexity": 5, "Informativeness": 5,
+                                       "Overall rating": 1 + digest % 10}))
+                data = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                            "content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.slow  # rates 200 rows twice and curates twice (~7 s)
+def test_app_rater_to_ds2_equals_the_cli(fixture_ws, monkeypatch, tmp_path):
+    """"Rate, then run DS2" on the Data page gives the same rating file and the same DS2
+    scores as `rate --sample N --seed 0` then `curate --rater NAME` on the same workspace."""
+    import shutil
+
+    from core.cli import main
+    from core.workspace import Workspace
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("CHERRYPICK_TEST_APP_RATER_KEY", "k")
+    by_app, by_cli = (Workspace(shutil.copytree(fixture_ws.root, tmp_path / name))
+                      for name in ("app", "cli"))
+    size = 200
+    with _HashRater() as api:
+        monkeypatch.setenv("CHERRYPICK_WORKSPACE", str(by_app.root))
+        monkeypatch.setenv("CHERRYPICK_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("CHERRYPICK_DATA", str(tmp_path / "no-data"))
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        at.switch_page("pages/data.py").run()
+        at.radio(key="ds2_source").set_value("a rater").run()
+        at.selectbox(key="ds2_backend").set_value("openai").run()
+        at.text_input(key="ds2_rater").input("fake")
+        at.number_input(key="ds2_n").set_value(size)
+        at.text_input(key="ds2_url").input(api.base_url)
+        at.text_input(key="ds2_model").input("fake-model")
+        at.text_input(key="ds2_key_env").input("CHERRYPICK_TEST_APP_RATER_KEY").run()
+        at.button(key="run_rate").click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+
+        common = ["--workspace", str(by_cli.root)]
+        assert main(["rate", *common, "--backend", "openai", "--name", "fake", "--base-url",
+                     api.base_url, "--model", "fake-model", "--api-key-env",
+                     "CHERRYPICK_TEST_APP_RATER_KEY", "--sample", str(size),
+                     "--seed", "0"]) == 0
+    assert main(["curate", *common, "--rater", "fake"]) == 0
+
+    ratings = by_cli.read_score("rating_fake")
+    assert len(ratings) == size < len(by_cli)                    # some samples unrated ...
+    assert ratings["parse_error"].notna().any()                 # ... and some unreadable
+    pd.testing.assert_frame_equal(by_app.read_score("rating_fake"), ratings)
+    pd.testing.assert_frame_equal(by_app.read_score("ds2_rating_fake"),
+                                  by_cli.read_score("ds2_rating_fake"))
+    app_meta, cli_meta = (ws.score_meta("ds2_rating_fake") for ws in (by_app, by_cli))
+    assert app_meta["params"] == cli_meta["params"]
+    assert app_meta["key"] == cli_meta["key"]

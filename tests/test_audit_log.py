@@ -9,8 +9,8 @@ import random
 import pandas as pd
 import pytest
 
-from core.audit import (ACTIONS, AuditLogWarning, append_decision, apply_decisions, audit_path,
-                        audit_progress, audit_queue, audit_state, current_decisions,
+from core.audit import (ACTIONS, AuditLogWarning, append_decision, audit_path, audit_progress,
+                        audit_queue, audit_state, curated_in_force, current_decisions,
                         decided_ids, log_frame, read_log, rejected_ids, undo_last)
 from core.errors import InputError
 from core.workspace import Workspace
@@ -176,9 +176,11 @@ def test_bad_decisions_are_refused(ws):
     assert set(ACTIONS) == {"accept", "keep", "set", "skip", "reject", "undo"}
 
 
-def test_apply_decisions_overrides_only_decided_samples():
+def test_curated_in_force_overrides_only_decided_samples():
     curated = pd.Series([0, 1, 1, 0], index=[10, 11, 12, 13])
-    out = apply_decisions(curated, {11: 0, 13: 1, 99: 1})
+    decisions = [{"sample_id": sid, "rating_column": COL, "new": new, "action": "set"}
+                 for sid, new in {11: 0, 13: 1, 99: 1}.items()]
+    out = curated_in_force(curated, decisions, COL)
     assert out.to_dict() == {10: 0, 11: 0, 12: 1, 13: 1}
     assert curated.to_dict() == {10: 0, 11: 1, 12: 1, 13: 0}  # input untouched
 

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from core import atomic
-from core.ds2 import run_curate, to_classes
 from core.errors import InputError
-from core.io import read_dataset, read_datasets
-from core.pipeline import import_to_workspace
+from core.io import import_to_workspace, read_dataset, read_datasets
+from core.scores.ds2 import run_curate
+from core.scores.ratings import to_classes
 from core.workspace import KNN, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +257,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     procs = []
     for k, (args, _) in enumerate(CLI_CASES):

@@ -18,7 +18,7 @@ from core import demo
 from core.atomic import read_json
 from core.ifd import run_ifd
 from core.lm import load_causal_lm
-from core.pipeline import import_to_workspace
+from core.io import import_to_workspace
 from core.workspace import Workspace
 
 SHIPPED = REPO / "demo" / "demo-alpaca" / "scores"

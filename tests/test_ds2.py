@@ -19,8 +19,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from core import atomic, ds2
+from core import atomic
 from core.errors import InputError
+from core.scores import ds2
+from core.scores.hoc import (TransitionEstimator, consensus_counts, consensus_loss,
+                             fit_transition, hoc_subsamples)
+from core.scores.ratings import to_classes
+from core.scores.simifeat import (detect_misratings, long_tail_score, neighbour_evidence,
+                                  simifeat_subsamples)
+from core.select import dual_sort
 from core.workspace import Workspace
 from ds2_truth import TRUE_T
 
@@ -70,24 +77,24 @@ def test_ds2_10_scale_follows_the_paper_table():
     raw = [1, 4, 5, 6, 7, 8, 9, 10, "8", "n/a", None, float("nan")]
     table = {1: 0, 4: 0, 5: 1, 6: 2, 7: 3, 8: 4, 9: 5, 10: 5, "8": 4, "n/a": 0}
     expected = [table.get(v, -1) if not (v is None or v != v) else -1 for v in raw]
-    classes, mapping = ds2.to_classes(pd.Series(raw, dtype=object), "ds2-10")
+    classes, mapping = to_classes(pd.Series(raw, dtype=object), "ds2-10")
     assert classes.tolist() == expected
     assert mapping["num_classes"] == 6 and mapping["unparseable"] == 1
     assert mapping["missing"] == 2
 
 
 def test_other_scales_and_explicit_mapping():
-    c, m = ds2.to_classes([0, 1, 1, 0, np.nan], None)          # the demo's binary 0/1
+    c, m = to_classes([0, 1, 1, 0, np.nan], None)          # the demo's binary 0/1
     assert c.tolist() == [0, 1, 1, 0, -1] and m["scale"] == "classes" and m["num_classes"] == 2
-    c, m = ds2.to_classes([0, 2.4, 4.4, 4.5, 5], "0-5")
+    c, m = to_classes([0, 2.4, 4.4, 4.5, 5], "0-5")
     assert c.tolist() == [0, 2, 4, 5, 5] and m["num_classes"] == 6  # class 5 means >= 4.5
-    c, m = ds2.to_classes([1, 2, 3.5, 5], "1-5")
+    c, m = to_classes([1, 2, 3.5, 5], "1-5")
     assert c.tolist() == [0, 1, 3, 4] and m["num_classes"] == 5
-    c, m = ds2.to_classes(["low", "high", "mid", None], {"low": 0, "mid": 1, "high": 2})
+    c, m = to_classes(["low", "high", "mid", None], {"low": 0, "mid": 1, "high": 2})
     assert c.tolist() == [0, 2, 1, -1] and m["num_classes"] == 3
-    c, _ = ds2.to_classes([3, 7, 3], {"3": 0, "7": 1})            # JSON keys are strings
+    c, _ = to_classes([3, 7, 3], {"3": 0, "7": 1})            # JSON keys are strings
     assert c.tolist() == [0, 1, 0]
-    c, m = ds2.to_classes([0, 3, 0, 1], "classes")                 # class 2 simply absent
+    c, m = to_classes([0, 3, 0, 1], "classes")                 # class 2 simply absent
     assert m["num_classes"] == 4 and m["counts"] == [2, 1, 0, 1]
 
 
@@ -101,7 +108,7 @@ def test_other_scales_and_explicit_mapping():
 ])
 def test_bad_ratings_name_row_and_field(values, scale, row, why):
     with pytest.raises(InputError) as err:
-        ds2.to_classes(values, scale, field="score", rows=[10, 11, 12][:len(values)])
+        to_classes(values, scale, field="score", rows=[10, 11, 12][:len(values)])
     assert why in str(err.value)
     assert err.value.field == "score"
     assert err.value.row == (None if row is None else [10, 11, 12][row])
@@ -126,7 +133,7 @@ def plain_consensus(ratings, idx, k_classes, rounds, sample_size, seed):
             points.append(i)
             patterns.append((ratings[i], ratings[nbrs[0]], ratings[nbrs[1]]))
     c = [np.zeros(k_classes), np.zeros((k_classes,) * 2), np.zeros((k_classes,) * 3)]
-    for sub in ds2.hoc_subsamples(len(points), rounds, sample_size, seed):
+    for sub in hoc_subsamples(len(points), rounds, sample_size, seed):
         cnt = [np.zeros_like(x) for x in c]
         for s in sub:
             a, b, d = patterns[s]
@@ -143,11 +150,11 @@ def test_consensus_counts_equal_the_plain_loop():
     rated = rated.astype(np.int64)
     rated[::17] = -1                                   # some missing ratings
     idx, _ = knn_graph(x, 8)
-    engine = ds2.consensus_counts(rated, idx, 6, rounds=7, sample_size=250, seed=5)
+    engine = consensus_counts(rated, idx, 6, rounds=7, sample_size=250, seed=5)
     plain = plain_consensus(rated, idx, 6, rounds=7, sample_size=250, seed=5)
     for e, p in zip(engine, plain):
         np.testing.assert_allclose(e, p, rtol=0, atol=1e-12)
-    est = ds2.TransitionEstimator(num_classes=6, rounds=7, sample_size=250, steps=10, seed=5)
+    est = TransitionEstimator(num_classes=6, rounds=7, sample_size=250, steps=10, seed=5)
     est.fit(rated, idx)
     np.testing.assert_allclose(est.c3_, plain[2], atol=1e-12)
 
@@ -158,19 +165,19 @@ def test_consensus_loss_gradient_matches_finite_differences():
     c3 /= c3.sum()
     targets = [c3.sum(axis=(1, 2)), c3.sum(axis=2), c3]
     W, v = rng.normal(size=(4, 4)), rng.normal(size=4)
-    _, gW, gv = ds2.consensus_loss(W, v, targets)
+    _, gW, gv = consensus_loss(W, v, targets)
     h = 1e-6
     for i in range(4):
         for j in range(4):
             e = np.zeros_like(W)
             e[i, j] = h
-            num = (ds2.consensus_loss(W + e, v, targets)[0]
-                   - ds2.consensus_loss(W - e, v, targets)[0]) / (2 * h)
+            num = (consensus_loss(W + e, v, targets)[0]
+                   - consensus_loss(W - e, v, targets)[0]) / (2 * h)
             assert abs(num - gW[i, j]) < 1e-7
         e = np.zeros(4)
         e[i] = h
-        num = (ds2.consensus_loss(W, v + e, targets)[0]
-               - ds2.consensus_loss(W, v - e, targets)[0]) / (2 * h)
+        num = (consensus_loss(W, v + e, targets)[0]
+               - consensus_loss(W, v - e, targets)[0]) / (2 * h)
         assert abs(num - gv[i]) < 1e-7
 
 
@@ -181,7 +188,7 @@ def test_fit_solves_exact_consensus_equations():
     c2 = sum(PRIOR[r] * np.outer(TRUE_T[r], TRUE_T[r]) for r in range(K))
     c3 = sum(PRIOR[r] * np.einsum("a,b,c->abc", TRUE_T[r], TRUE_T[r], TRUE_T[r])
              for r in range(K))
-    T, p, loss = ds2.fit_transition(c1, c2, c3, steps=1500, lr=0.1, seed=0)
+    T, p, loss = fit_transition(c1, c2, c3, steps=1500, lr=0.1, seed=0)
     assert np.abs(T - TRUE_T).max() < 0.03
     assert np.abs(p - PRIOR).max() < 0.03
     np.testing.assert_allclose(T.sum(axis=1), 1.0)
@@ -190,6 +197,7 @@ def test_fit_solves_exact_consensus_equations():
 # ----------------------------------------------------------------------------------------
 # the whole curation on synthetic data with a known T
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # the 20,000-row curation takes ~6 s
 def test_recovers_known_transition_matrix(synthetic_20k):
     T = np.asarray(synthetic_20k["report"]["transition_matrix"])
     assert T.shape == (6, 6)
@@ -197,6 +205,7 @@ def test_recovers_known_transition_matrix(synthetic_20k):
     assert np.abs(T - TRUE_T).max() <= 0.07
 
 
+@pytest.mark.slow
 def test_flags_the_corrupted_ratings(synthetic_20k):
     s = synthetic_20k
     corrupted = s["rated"] != s["true"]
@@ -210,6 +219,7 @@ def test_flags_the_corrupted_ratings(synthetic_20k):
     assert (frame.loc[changed, "confidence"] >= 0.5).all()
 
 
+@pytest.mark.slow
 def test_noise_rates_follow_T_p_and_histogram(synthetic_20k):
     rep = synthetic_20k["report"]
     T, p = np.asarray(rep["transition_matrix"]), np.asarray(rep["prior"])
@@ -226,7 +236,7 @@ def plain_simifeat(ratings, idx, sims, rho, k, epochs, fraction, seed):
     n, K = len(ratings), len(rho)
     sampled, flagged = np.zeros(n), np.zeros(n)
     tally, mass = np.zeros((n, K)), np.zeros((n, K))
-    for rows in ds2.simifeat_subsamples(ratings, epochs, fraction, seed):
+    for rows in simifeat_subsamples(ratings, epochs, fraction, seed):
         members_of = set(rows.tolist())
         score, top = {}, {}
         for i in rows:
@@ -272,7 +282,7 @@ def test_simifeat_equals_the_plain_loop():
     idx, sims = knn_graph(x, 14)
     sims = sims.astype(np.float64)
     rho = np.array([0.2, 0.35, 0.1])
-    engine = ds2.detect_misratings(rated, idx, sims, rho, k=10, epochs=4, seed=3)
+    engine = detect_misratings(rated, idx, sims, rho, k=10, epochs=4, seed=3)
     noisy_avg, suggested, confidence = plain_simifeat(rated, idx, sims, rho, 10, 4, 0.9, 3)
     ok = rated >= 0
     np.testing.assert_allclose(engine["noisy_avg"][ok], noisy_avg[ok], atol=1e-12)
@@ -290,10 +300,10 @@ def test_reference_self_vote_variant_also_finds_corruption():
     assert roc_auc_score(rated != true, frame["noisy_avg"]) >= 0.8
 
 
-def test_long_tail_equals_brute_force_reference(synthetic_20k):
-    x = synthetic_20k["x"][:300]
+def test_long_tail_equals_brute_force_reference():
+    x, _, _ = synthetic(300)
     idx, sims = knn_graph(x, 12)
-    engine = ds2.long_tail_score(sims, k=10, knn_indices=idx)
+    engine = long_tail_score(sims, k=10, knn_indices=idx)
     for i in range(0, 300, 23):
         dist = sorted(1.0 - float(x[i] @ x[j]) for j in range(300) if j != i)[:10]
         mean = sum(dist) / 10
@@ -351,7 +361,7 @@ def test_all_ratings_equal_flags_nothing():
 
 def test_missing_ratings_are_left_alone():
     x, _, rated = synthetic(2000, seed=8, clusters=80)
-    ratings, _ = ds2.to_classes(np.where(np.arange(2000) % 10 == 0, np.nan, rated), "classes",
+    ratings, _ = to_classes(np.where(np.arange(2000) % 10 == 0, np.nan, rated), "classes",
                                 num_classes=6)
     idx, sims = knn_graph(x, 15)
     frame, rep = ds2.curate(ratings, idx, sims, steps=200, epochs=11)
@@ -376,27 +386,37 @@ def test_graph_that_does_not_match_the_ratings():
 def test_neighbour_evidence():
     idx = np.array([[2, 1, -1], [0, 2, -1], [1, 0, -1]])
     sims = np.array([[0.9, 0.5, 0.0], [0.8, 0.4, 0.0], [0.7, 0.6, 0.0]])
-    ev = ds2.neighbour_evidence(0, idx, sims, np.array([3, 4, 5]), k=10)
+    ev = neighbour_evidence(0, idx, sims, np.array([3, 4, 5]), k=10)
     assert ev["neighbour_id"].tolist() == [2, 1]
     assert ev["similarity"].tolist() == [0.9, 0.5]
     assert ev["rating"].tolist() == [5, 4]
-    assert ds2.neighbour_evidence(2, idx, sims, np.array([3, 4, 5]), k=1)["rating"].tolist() == [4]
+    assert neighbour_evidence(2, idx, sims, np.array([3, 4, 5]), k=1)["rating"].tolist() == [4]
 
 
-def test_dual_sort_select_by_hand():
-    frame = pd.DataFrame({
-        "curated":   [5, 3, 5, 4, 4, 4, -1, 3, 5],
+def _dual_sort_frame(missing) -> pd.DataFrame:
+    return pd.DataFrame({
+        "sample_id": [10, 11, 12, 13, 14, 15, 16, 17, 18],
+        "curated":   [5, 3, 5, 4, 4, 4, missing, 3, 5],
         "long_tail": [.2, .9, .7, .1, .8, .5, .99, .3, .7],
-    }, index=[10, 11, 12, 13, 14, 15, 16, 17, 18])
+    })
+
+
+def test_dual_sort_by_hand():
+    """The dual sort that runs (``core.select.dual_sort``, behind the DS2 policy) on DS2's
+    columns; sample 16 has no rating (NaN, as the curated rating in force reaches it)."""
+    frame = _dual_sort_frame(np.nan)
     # class 5: ids 12 (.7), 18 (.7, tie -> lower id first), 10 (.2)  -> 3 fit in budget 5
     # class 4 does not fit whole: best long-tail 14 (.8), then 15 (.5)
-    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 5).tolist() == \
-        [12, 18, 10, 14, 15]
-    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 2).tolist() == [12, 18]
+    assert dual_sort(frame, 5).tolist() == [12, 18, 10, 14, 15]
+    assert dual_sort(frame, 2).tolist() == [12, 18]
     # everything rated, the missing one (16) never
-    assert sorted(ds2.dual_sort_select(frame["curated"], frame["long_tail"], 100)) == \
-        [10, 11, 12, 13, 14, 15, 17, 18]
-    assert ds2.dual_sort_select(frame["curated"], frame["long_tail"], 0).tolist() == []
+    assert sorted(dual_sort(frame, 100)) == [10, 11, 12, 13, 14, 15, 17, 18]
+    assert dual_sort(frame, 0).tolist() == []
+
+
+def test_dual_sort_never_selects_ds2_missing_class():
+    # DS2 writes curated = -1 (ratings.MISSING) for a sample without a rating
+    assert sorted(dual_sort(_dual_sort_frame(-1), 100)) == [10, 11, 12, 13, 14, 15, 17, 18]
 
 
 def test_rater_agreement_matches_sklearn():
@@ -444,7 +464,8 @@ def test_run_curate_from_column_and_from_file(tmp_path):
     run = ds2.run_curate(ws, "judge", seed=1, **opts)
     assert run.parquet == ws.path("scores", "ds2_judge.parquet") and run.parquet.exists()
     assert not run.cached
-    meta = atomic.read_json(run.sidecar)
+    meta = ws.score_meta(run.name)
+    assert meta == run.meta
     for key in ("transition_matrix", "prior", "histogram_raw", "histogram_curated",
                 "noise_rates", "params", "seed", "duration_s", "key", "mapping"):
         assert key in meta
@@ -517,6 +538,7 @@ def test_cli_curate_prints_T_and_paths(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------
 # real data: the demo's binary Claude rating with real sentence embeddings
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # embeds 1,200 real rows (~60 s on a shared CPU)
 def test_real_demo_ratings_give_sensible_output():
     rows = []
     with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
@@ -532,7 +554,7 @@ def test_real_demo_ratings_give_sensible_output():
     texts = [r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows]
     x = model.encode(texts, batch_size=64, normalize_embeddings=True).astype(np.float32)
     idx, sims = knn_graph(x, 20)
-    ratings, mapping = ds2.to_classes([r["claude_ge_4_5"] for r in rows], None,
+    ratings, mapping = to_classes([r["claude_ge_4_5"] for r in rows], None,
                                       field="claude_ge_4_5")
     assert mapping["num_classes"] == 2
     frame, rep = ds2.curate(ratings, idx, sims, k=10, seed=0)

@@ -34,6 +34,15 @@ def rows() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
+def alpaca_400() -> pd.DataFrame:
+    """400 real Alpaca rows (rows 1,000-1,399), as the importer reads them."""
+    from core.io import read_dataset
+
+    frame = read_dataset(DATA / "alpaca_random_9k.jsonl.gz", limit=1400).samples
+    return frame.iloc[1000:].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
 def plain_vectors(rows) -> np.ndarray:
     """The reference: a fresh SentenceTransformer, one plain encode call."""
     from sentence_transformers import SentenceTransformer
@@ -109,12 +118,13 @@ def test_run_embed_resumes_after_cancel_and_records_model(tmp_path, rows, plain_
             raise Cancelled("stop")
 
     with pytest.raises(Cancelled):
-        embed.run_embed(ws, chunk_size=8, batch_size=8, progress=cancel_after_first_chunk)
+        embed.run_embed(ws, chunk_size=8, batch_size=8, progress=cancel_after_first_chunk,
+                        precision="fp32")
     assert not ws.exists("embeddings.npy")
     assert len(list(ws.root.glob("embeddings.npy.parts/*/chunk-*.parquet"))) == 1
 
     seen = []
-    resumed = embed.run_embed(ws, chunk_size=8, batch_size=8,
+    resumed = embed.run_embed(ws, chunk_size=8, batch_size=8, precision="fp32",
                               progress=lambda d, t, n: seen.append((d, t, n)))
     assert seen[0] == (8, 30, "resuming")
     # the same vectors as one uninterrupted plain encode of all 30 rows
@@ -123,12 +133,66 @@ def test_run_embed_resumes_after_cancel_and_records_model(tmp_path, rows, plain_
     meta = json.loads(ws.path("embeddings.json").read_text())
     assert meta["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["recipe"] == "full" and meta["dim"] == 384 and meta["rows"] == 30
-    assert embed.run_embed(ws, chunk_size=8).cached
+    assert embed.run_embed(ws, chunk_size=8, precision="fp32").cached
 
     # a different text recipe is a different result
-    other = embed.run_embed(ws, recipe="instruction", chunk_size=64)
+    other = embed.run_embed(ws, recipe="instruction", chunk_size=64, precision="fp32")
     assert not other.cached and ws.meta("embeddings.npy")["recipe"] == "instruction"
     assert not np.allclose(other.value, plain_vectors, atol=1e-3)
+
+
+def test_batches_follow_token_counts_not_characters(monkeypatch):
+    # long in characters but few word pieces, against short in characters but many pieces
+    texts = ["a" * 300, "zq xj vk wp " * 6, "b" * 200, "qz jx kv pw " * 5, "hello"]
+    model = embed.load_embedder()
+    counts = embed.token_lengths(model, texts)
+    assert counts[0] < counts[1] and len(texts[0]) > len(texts[1])
+    batches = []
+    real = model.encode
+
+    def spy(batch, *args, **kwargs):
+        batches.append(list(batch))
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    embed.embed_texts(texts, model, batch_size=2)
+    want = [texts[i] for i in np.argsort(-counts, kind="stable")]
+    assert [t for b in batches for t in b] == want
+
+
+def test_bf16_embeddings_keep_the_fp32_neighbours(alpaca_400):
+    texts = embed.embedding_text(alpaca_400)
+    exact = embed.embed_texts(texts, precision="fp32")
+    fast_model = embed.load_embedder(precision="bf16")
+    assert embed.precision_of(fast_model) == "bf16"
+    fast = embed.embed_texts(texts, fast_model)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-6)
+    cos = np.sum(exact * fast, axis=1)
+    assert np.abs(fast - exact).max() > 1e-4, "bf16 weights were not used"
+    assert cos.min() > 0.999 and cos.mean() > 0.9999
+    truth, _ = knn.knn_search(exact, k=10, method="exact")
+    found, _ = knn.knn_search(fast, k=10, method="exact")
+    assert knn.recall_at_k(found, truth) >= 0.99
+
+
+def test_precision_is_part_of_the_cache_key_and_the_sidecar(tmp_path, rows):
+    ws = Workspace.create(tmp_path / "ws", _samples_frame(rows.iloc[:12]), source={})
+    exact = embed.run_embed(ws, precision="fp32")
+    key32 = ws.meta("embeddings.npy")["key"]
+    # fp32 keys are those of before the option existed: old workspaces stay up to date
+    assert "precision" not in ws.meta("embeddings.npy")["params"]
+    fast = embed.run_embed(ws, precision="bf16")
+    meta = ws.meta("embeddings.npy")
+    assert not fast.cached and meta["key"] != key32
+    assert meta["params"]["precision"] == "bf16" and meta["precision"] == "bf16"
+    assert not np.array_equal(fast.value, exact.value)
+    assert embed.run_embed(ws, precision="bf16").cached
+    auto = embed.run_embed(ws)  # the default resolves by what this CPU runs fast
+    assert auto.cached == (embed.resolve_precision("auto") == "bf16")
+    assert embed.resolve_precision("auto") == ("bf16" if embed.fast_bf16("cpu") else "fp32")
+    with pytest.raises(InputError):
+        embed.run_embed(ws, precision="int4")
 
 
 # ----- nearest neighbours --------------------------------------------------------------------

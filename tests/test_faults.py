@@ -24,8 +24,8 @@ import pytest
 
 from core import atomic, export
 from core.errors import InputError
-from core.pipeline import import_to_workspace
-from core.workspace import DamagedFileWarning, Workspace
+from core.io import import_to_workspace
+from core.workspace import DamagedFileWarning, Step, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -241,7 +241,7 @@ def _tiny(tmp_path: Path, n: int = 30) -> Workspace:
 
 
 def _square(calls: list):
-    def compute(ids: np.ndarray) -> pd.DataFrame:
+    def compute(ids: np.ndarray, progress=None) -> pd.DataFrame:
         calls.extend(ids.tolist())
         return pd.DataFrame({"sample_id": ids, "sq": ids.astype(float) ** 2})
     return compute
@@ -251,26 +251,27 @@ def test_damaged_score_and_chunk_are_recomputed_with_a_warning(tmp_path):
     ws = _tiny(tmp_path)
     calls: list = []
     name = "scores/sq.parquet"
-    first = ws.run_chunked(name, {"p": 1}, {}, range(30), _square(calls), chunk_size=10).value
+    first = ws.run_chunked(Step(name, {"p": 1}), range(30), _square(calls),
+                           chunk_size=10).value
     _truncate(ws.path(name))
     with pytest.raises(InputError, match=r"scores/sq.parquet is damaged"):
         ws.read_score("sq")
     notes = []
     with pytest.warns(DamagedFileWarning, match=r"scores/sq.parquet was damaged"):
-        res = ws.run_chunked(name, {"p": 1}, {}, range(30), _square(calls), chunk_size=10,
+        res = ws.run_chunked(Step(name, {"p": 1}), range(30), _square(calls), chunk_size=10,
                              progress=lambda d, t, note="": notes.append(note))
     assert not res.cached and res.value.equals(first) and calls == list(range(30)) * 2
     assert notes[0] == "recomputing 1 damaged file(s)"
     # a damaged chunk among good ones: only its rows are recomputed, names never reused
     parts = ws.path(name + ".parts")
     with pytest.raises(RuntimeError):
-        ws.run_chunked(name, {"p": 2}, {}, range(30), _fail_after(20, []), chunk_size=10)
+        ws.run_chunked(Step(name, {"p": 2}), range(30), _fail_after(20, []), chunk_size=10)
     chunk_files = sorted(parts.glob("*/chunk-*.parquet"))
     assert [p.name for p in chunk_files] == ["chunk-000000.parquet", "chunk-000001.parquet"]
     _truncate(chunk_files[0])
     calls.clear()
     with pytest.warns(DamagedFileWarning, match=r"chunk-000000.parquet was damaged"):
-        res = ws.run_chunked(name, {"p": 2}, {}, range(30), _square(calls), chunk_size=10)
+        res = ws.run_chunked(Step(name, {"p": 2}), range(30), _square(calls), chunk_size=10)
     assert sorted(calls) == list(range(10)) + list(range(20, 30))
     assert res.value.equals(first)
 
@@ -278,7 +279,7 @@ def test_damaged_score_and_chunk_are_recomputed_with_a_warning(tmp_path):
 def _fail_after(n: int, calls: list):
     square = _square(calls)
 
-    def compute(ids: np.ndarray) -> pd.DataFrame:
+    def compute(ids: np.ndarray, progress=None) -> pd.DataFrame:
         if len(calls) >= n:
             raise RuntimeError("stop")
         return square(ids)
@@ -293,15 +294,15 @@ def test_damaged_whole_step_result_and_sidecar_are_recomputed(tmp_path):
         runs.append(1)
         return pd.DataFrame({"sample_id": [0, 1], "v": [1.0, 2.0]})
 
-    kw = dict(write=atomic.write_parquet, read=pd.read_parquet)
-    ws.run_whole("scores/w.parquet", {"k": 1}, {}, compute, **kw)
+    step = Step("scores/w.parquet", {"k": 1})
+    ws.run_whole(step, compute)
     _truncate(ws.path("scores/w.parquet"))
     with pytest.warns(DamagedFileWarning, match=r"scores/w.parquet was damaged"):
-        res = ws.run_whole("scores/w.parquet", {"k": 1}, {}, compute, **kw)
+        res = ws.run_whole(step, compute)
     assert not res.cached and len(runs) == 2 and res.value["v"].tolist() == [1.0, 2.0]
     _truncate(ws.path("scores/w.json"))
     with pytest.warns(DamagedFileWarning, match=r"scores/w.json was damaged"):
-        res = ws.run_whole("scores/w.parquet", {"k": 1}, {}, compute, **kw)
+        res = ws.run_whole(step, compute)
     assert not res.cached and len(runs) == 3 and ws.score_meta("w")["params"] == {"k": 1}
 
 

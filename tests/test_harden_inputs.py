@@ -24,12 +24,12 @@ from components.messages import plain
 from core import atomic
 from core.audit import AuditLogWarning, append_decision, make_decision, read_log
 from core.cli import _show_warning, build_parser
-from core.ds2 import run_curate, to_classes
 from core.errors import InputError
 from core.export import export_jsonl
-from core.io import read_datasets
+from core.io import import_to_workspace, read_datasets
 from core.knn import knn_search, run_neighbors
-from core.pipeline import import_to_workspace
+from core.scores.ds2 import run_curate
+from core.scores.ratings import to_classes
 from core.select import Recipe, load_selection, rerun_selection, score_table
 from core.text import terminal_safe
 from core.workspace import KNN, MANIFEST, DamagedFileWarning, Workspace

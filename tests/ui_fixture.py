@@ -33,8 +33,6 @@ from core.workspace import Workspace  # noqa: E402
 FIXTURE_VERSION = "ui-1"
 ALPACA_ROWS = 300
 IFD_ROWS = 20
-ENGINE_SOURCES = ("io.py", "pipeline.py", "workspace.py", "embed.py", "knn.py", "maps.py",
-                  "ds2.py", "ifd.py", "lm.py")
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
 HOSTILE_ROWS = [
@@ -60,11 +58,11 @@ HOSTILE_ROWS = [
 
 
 def _engine_hash() -> str:
+    """Hash of every engine source file: a change anywhere in core/ rebuilds the fixture."""
     h = hashlib.sha256(FIXTURE_VERSION.encode())
-    for name in ENGINE_SOURCES:
-        path = REPO / "core" / name
-        h.update(name.encode())
-        h.update(path.read_bytes() if path.exists() else b"-")
+    for part in sorted((REPO / "core").rglob("*.py")):
+        h.update(str(part.relative_to(REPO)).encode())
+        h.update(part.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -91,11 +89,11 @@ def _rows() -> list[dict]:
 def build_fixture_workspace(root: str | Path, source: str | Path | None = None) -> Workspace:
     """Import the rows into ``root`` (via a JSONL file written at ``source``, by default next
     to ``root``) and run the engine steps the pages draw."""
-    from core.ds2 import run_curate
     from core.embed import run_embed
+    from core.io import import_to_workspace
     from core.knn import run_neighbors
     from core.maps import run_map
-    from core.pipeline import import_to_workspace
+    from core.scores.ds2 import run_curate
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

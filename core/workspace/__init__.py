@@ -12,34 +12,42 @@ Layout::
     audit.jsonl              append-only audit decisions
     selections/, exports/    later steps
 
-The one contract for every step lives here (DESIGN.md): a step names its parameters and its
-inputs; their hash is the cache key written in the sidecar; a step reruns only when that key
-changed. Per-sample steps run in chunks written atomically, so a killed run resumes where it
-stopped and extends an existing result without redoing finished samples.
+The one contract for every step lives in this package (docs/architecture.md, ``steps.py``): a
+step names its parameters and its inputs; their hash is the cache key written in the sidecar;
+a step reruns only when that key changed. Per-sample steps run in chunks written atomically,
+so a killed run resumes where it stopped and extends an existing result without redoing
+finished samples. ``files.py`` holds the hashing and damage checks both build on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
-import time
 import warnings
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import atomic
-from .errors import InputError
-from .progress import Progress, report
+from .. import atomic
+from ..errors import InputError
+from ..progress import Progress
+from . import steps
+from .files import (DAMAGE, MANIFEST, ChangedInputWarning, DamagedFileWarning, brief,
+                    cache_key, file_state, frame_fingerprint, is_damage, is_within,
+                    is_workspace, now_iso, package_versions, pick_ids, sha256_file,
+                    verify_file, warn_once)
+from .steps import JSON, PARQUET, Codec, Step, StepResult
 
-MANIFEST = "manifest.json"
+__all__ = ["Workspace", "Step", "StepResult", "Codec", "PARQUET", "JSON", "is_workspace",
+           "pick_ids", "sha256_file", "file_state", "frame_fingerprint", "cache_key",
+           "now_iso", "package_versions", "DamagedFileWarning", "ChangedInputWarning",
+           "MANIFEST", "SAMPLES", "EMBEDDINGS", "KNN", "MAP", "CLUSTERS", "AUDIT",
+           "FORMAT_VERSION"]
+
 SAMPLES = "samples.parquet"
 EMBEDDINGS = "embeddings.npy"
 KNN = "knn.npz"
@@ -51,104 +59,6 @@ SAMPLES_FILE = "samples_file"
 # Bumped when the layout changes so an older Cherrypick refuses a newer workspace instead of
 # misreading it. Manifests written before the field existed are format 1.
 FORMAT_VERSION = 1
-# What a truncated or garbled parquet/npy/npz/json file raises when read (pyarrow's errors
-# subclass ValueError or OSError); anything else is a bug, not damage, and propagates.
-_DAMAGE = (ValueError, EOFError, OSError, zipfile.BadZipFile)
-
-
-class DamagedFileWarning(UserWarning):
-    """A cached result could not be read: it was deleted and its step recomputes it."""
-
-
-class ChangedInputWarning(DamagedFileWarning):
-    """A workspace file changed on disk since Cherrypick recorded it (samples.parquet
-    replaced, embeddings.npy copied in by hand): the steps that read it recompute. A
-    ``DamagedFileWarning`` so the CLI prints it on one line like the other file warnings."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# sha256 of files already hashed in this process, by (path, size, mtime_ns): a file whose
-# size and mtime are unchanged is not read again.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_state(path: str | os.PathLike) -> dict:
-    """``{"size", "mtime_ns", "sha256"}`` of a file: what a manifest or sidecar records so a
-    later reader can tell whether the bytes are still the ones it describes."""
-    path = Path(path)
-    before = path.stat()
-    key = (str(path.resolve()), before.st_size, before.st_mtime_ns)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        digest = sha256_file(path)
-        after = path.stat()
-        if (after.st_size, after.st_mtime_ns) == key[1:]:  # not rewritten while hashing
-            _DIGESTS[key] = digest
-    return {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "sha256": digest}
-
-
-def verify_file(path: str | os.PathLike, recorded: Any) -> tuple[bool, dict]:
-    """(the file still holds the bytes ``recorded`` describes, its state now). Cheap when
-    size and mtime_ns are the recorded ones; otherwise the file is hashed (once per process
-    per size+mtime), so a touched but unchanged file still matches."""
-    st = Path(path).stat()
-    if isinstance(recorded, dict) and recorded.get("sha256") and \
-            (recorded.get("size"), recorded.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
-        return True, recorded
-    now = file_state(path)
-    return isinstance(recorded, dict) and recorded.get("sha256") == now["sha256"], now
-
-
-def frame_fingerprint(frame: pd.DataFrame) -> str:
-    """Content hash of a frame (column names and values), independent of the file bytes,
-    so the same samples imported with another pyarrow build still match their scores."""
-    h = hashlib.sha256()
-    for name in frame.columns:
-        h.update(f"\x00{name}\x00".encode("utf-8"))
-        values = frame[name].astype(object).where(frame[name].notna(), None).tolist()
-        h.update(json.dumps(values, ensure_ascii=False, default=str).encode("utf-8"))
-    return h.hexdigest()
-
-
-def cache_key(params: dict, inputs: dict | None = None) -> str:
-    """Stable hash of a step's parameters and input fingerprints."""
-    blob = json.dumps({"params": params, "inputs": inputs or {}}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def package_versions(names: Iterable[str] = ("numpy", "pandas", "pyarrow", "torch",
-                                             "transformers", "sentence-transformers",
-                                             "faiss-cpu", "umap-learn", "scikit-learn")) -> dict:
-    """Installed versions of the packages that shaped a result (recorded in sidecars)."""
-    from importlib import metadata
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-@dataclass
-class StepResult:
-    """What ``Workspace.run_*`` returns: the value, its sidecar, and whether it was cached."""
-
-    value: Any
-    meta: dict
-    cached: bool
 
 
 class Workspace:
@@ -183,7 +93,7 @@ class Workspace:
             if not overwrite:
                 raise InputError(f"a workspace already exists at {root}; pass overwrite to "
                                  "replace it", file=str(root))
-            inside = [Path(k) for k in keep if _is_within(Path(k), root)]
+            inside = [Path(k) for k in keep if is_within(Path(k), root)]
             if inside:
                 raise InputError(f"the input {inside[0]} is inside the workspace it would "
                                  "replace; nothing was deleted: move the input out of the "
@@ -230,10 +140,11 @@ class Workspace:
                              "`python -m core import FILE --workspace DIR`", file=str(root))
         try:
             manifest = ws.manifest
-        except _DAMAGE as err:
-            raise InputError(f"manifest.json is damaged ({err}); re-import the source with "
-                             "`python -m core import FILE --workspace DIR --overwrite`",
-                             file=str(ws.path(MANIFEST))) from None
+        except DAMAGE as err:
+            raise InputError(f"manifest.json is damaged ({brief(err)}); Cherrypick cannot tell "
+                             "this folder is its own, so it will not replace it: move it "
+                             "away and import the source again (`python -m core import FILE "
+                             "--workspace DIR`)", file=str(ws.path(MANIFEST))) from None
         version = manifest.get("format_version", 1) if isinstance(manifest, dict) else None
         if not isinstance(version, int) or isinstance(version, bool):
             raise InputError(f"not a workspace manifest (format_version {version!r})",
@@ -305,7 +216,7 @@ class Workspace:
                            f"core import FILE --workspace {self.root} --overwrite`")
         fingerprint = frame_fingerprint(frame)
         if fingerprint != stored:
-            _warn_once(path, state["sha256"],
+            warn_once(path, state["sha256"],
                        f"{SAMPLES} changed since it was recorded (other content, sha256 "
                        f"{state['sha256'][:12]}): every step that depends on it recomputes")
         self._update_manifest({
@@ -357,7 +268,7 @@ class Workspace:
                 except OSError:
                     pass
             return key
-        _warn_once(path, state["sha256"], f"{name} changed since its step wrote it (other "
+        warn_once(path, state["sha256"], f"{name} changed since its step wrote it (other "
                    f"content, sha256 {state['sha256'][:12]}): the steps that read it "
                    "recompute")
         return f"{key}+{state['sha256'][:16]}"
@@ -378,10 +289,10 @@ class Workspace:
         try:
             return read(path)
         except Exception as err:
-            if not _is_damage(path, err):
+            if not is_damage(path, err):
                 raise
             path.unlink(missing_ok=True)
-            message = (f"{os.path.relpath(path, self.root)} was damaged ({_brief(err)}); "
+            message = (f"{os.path.relpath(path, self.root)} was damaged ({brief(err)}); "
                        "deleted it, recomputing")
             warnings.warn(message, DamagedFileWarning, stacklevel=2)
             if damaged is not None:
@@ -394,120 +305,47 @@ class Workspace:
         try:
             return read(self.path(name))
         except Exception as err:
-            if not _is_damage(self.path(name), err):
+            if not is_damage(self.path(name), err):
                 raise
-            raise InputError(f"{name} is damaged ({_brief(err)}); {fix}",
+            raise InputError(f"{name} is damaged ({brief(err)}); {fix}",
                              file=str(self.path(name))) from None
 
-    # ----- whole-dataset steps ------------------------------------------------------------
-    def run_whole(self, name: str, params: dict, inputs: dict, compute: Callable[[], Any],
-                  write: Callable[[Path, Any], None], read: Callable[[Path], Any],
-                  force: bool = False, extra_meta: Callable[[Any], dict] | None = None
-                  ) -> StepResult:
-        """Run a step that needs the whole dataset at once (kNN, map, DS2), with caching.
+    # ----- the step contract (steps.py) ------------------------------------------------
+    def run_whole(self, step: Step, compute: Callable[[], Any], force: bool = False,
+                  summary: Callable[[Any], dict] | None = None) -> StepResult:
+        """Run a whole-dataset step (kNN, map, DS2) with caching: ``steps.run_whole``."""
+        return steps.run_whole(self, step, compute, force=force, summary=summary)
 
-        ``inputs`` maps input names to fingerprints; ``write(path, value)`` must be atomic.
-        """
-        key = cache_key(params, inputs)
-        path = self.path(name)
-        old = self.meta(name)
-        if not force and old is not None and old.get("key") == key:
-            value = self.read_cached(path, read)
-            if value is not None:
-                return StepResult(value, old, True)
-        start = time.perf_counter()
-        value = compute()
-        duration = time.perf_counter() - start
-        write(path, value)
-        meta = {"step": name, "key": key, "params": params, "inputs": inputs,
-                "created": now_iso(), "duration_s": round(duration, 3),
-                "versions": package_versions()}
-        if extra_meta is not None:
-            meta.update(extra_meta(value))
-        meta["file"] = file_state(path)  # what ``fingerprint`` checks the file against
-        self._write_meta(name, meta)
-        return StepResult(value, meta, False)
-
-    # ----- per-sample, chunked, resumable steps -----------------------------------------
-    def run_chunked(self, name: str, params: dict, inputs: dict, sample_ids: Sequence[int],
-                    compute: Callable[[np.ndarray], pd.DataFrame], chunk_size: int = 256,
-                    progress: Progress | None = None, extra_meta: dict | None = None,
-                    force: bool = False,
-                    write_final: Callable[[Path, pd.DataFrame], None] = atomic.write_parquet,
-                    read_final: Callable[[Path], pd.DataFrame] = pd.read_parquet
+    def run_chunked(self, step: Step, sample_ids: Sequence[int],
+                    compute: Callable[[np.ndarray, Callable], pd.DataFrame],
+                    chunk_size: int = 256, progress: Progress | None = None,
+                    force: bool = False, summary: Callable[[pd.DataFrame], dict] | None = None
                     ) -> StepResult:
-        """Score ``sample_ids`` with ``compute(ids) -> frame(sample_id, ...)`` in chunks.
+        """Run a per-sample step in resumable chunks: ``steps.run_chunked``."""
+        return steps.run_chunked(self, step, sample_ids, compute, chunk_size=chunk_size,
+                                 progress=progress, force=force, summary=summary)
 
-        The result is ``name`` (a parquet file keyed by ``sample_id``). With the same key, ids
-        already in the result or in a finished chunk are skipped, so a rerun after a kill
-        resumes, and a larger request extends the result. A changed key starts afresh.
-        ``write_final``/``read_final`` store the merged frame in another format (embeddings).
-        """
-        key = cache_key(params, inputs)
-        path = self.path(name)
-        parts = self.path(name + ".parts", key)
-        old = self.meta(name)
-        damaged: list[str] = []
-        have = pd.DataFrame()
-        if not force and old is not None and old.get("key") == key:
-            have = self.read_cached(path, read_final, damaged)
-            if have is None:
-                have = pd.DataFrame()
-        elif force and parts.exists():
-            shutil.rmtree(parts)
-        chunks = [self.read_cached(p, pd.read_parquet, damaged)
-                  for p in sorted(parts.glob("chunk-*.parquet"))] if parts.exists() else []
-        chunks = [c for c in chunks if c is not None]
-        done = set(have["sample_id"].tolist()) if len(have) else set()
-        for c in chunks:
-            done.update(c["sample_id"].tolist())
-        wanted = np.asarray(sorted(set(int(i) for i in sample_ids)), dtype=np.int64)
-        todo = np.asarray([i for i in wanted if i not in done], dtype=np.int64)
-        if len(todo) == 0 and not chunks:
-            return StepResult(have, old, True)
-        start = time.perf_counter()
-        total = len(wanted)
-        finished = total - len(todo)
-        report(progress, finished, total, f"recomputing {len(damaged)} damaged file(s)"
-               if damaged else "resuming" if finished else "")
-        parts.mkdir(parents=True, exist_ok=True)
-        # after the last chunk on disk, so a deleted damaged chunk never makes a name reused
-        next_index = 1 + max((int(p.stem.split("-")[1]) for p in parts.glob("chunk-*.parquet")),
-                             default=-1)
-        for lo in range(0, len(todo), chunk_size):
-            ids = todo[lo:lo + chunk_size]
-            frame = compute(ids)
-            if "sample_id" not in frame or len(frame) != len(ids):
-                raise RuntimeError(f"step {name} returned {len(frame)} rows for {len(ids)} ids")
-            atomic.write_parquet(parts / f"chunk-{next_index:06d}.parquet", frame)
-            chunks.append(frame)
-            next_index += 1
-            finished += len(ids)
-            report(progress, finished, total, "")
-        result = pd.concat([f for f in [have, *chunks] if len(f)], ignore_index=True)
-        result = result.drop_duplicates("sample_id", keep="last").sort_values("sample_id")
-        result = result.reset_index(drop=True)
-        write_final(path, result)
-        duration = time.perf_counter() - start
-        meta = {"step": name, "key": key, "params": params, "inputs": inputs,
-                "created": now_iso(), "rows": int(len(result)),
-                "duration_s": round(duration + float((old or {}).get("duration_s", 0) if
-                                                     len(have) else 0), 3),
-                "versions": package_versions()}
-        meta.update(extra_meta or {})
-        meta["file"] = file_state(path)  # what ``fingerprint`` checks the file against
-        self._write_meta(name, meta)
-        shutil.rmtree(self.path(name + ".parts"), ignore_errors=True)
-        return StepResult(result, meta, False)
+    def stored_rows(self, step: Step, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Rows of ``step`` already computed under its current key: ``steps.stored_rows``."""
+        return steps.stored_rows(self, step, columns)
+
+    def pick_sample_ids(self, sample: int | None = None, seed: int = 0,
+                        limit: int | None = None) -> np.ndarray:
+        """The sample ids of a ``--sample N --seed S`` / ``--limit N`` run (``pick_ids``)."""
+        return pick_ids(self.samples(["sample_id"])["sample_id"].to_numpy(), sample, seed,
+                        limit)
 
     # ----- scores -----------------------------------------------------------------------
     def score_names(self) -> list[str]:
         folder = self.path("scores")
         return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
 
-    def read_score(self, name: str) -> pd.DataFrame:
-        return self._load(f"scores/{name}.parquet", pd.read_parquet,
-                          "rerun the step that made it (see `python -m core info`)")
+    def read_score(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """``scores/<name>.parquet`` (only ``columns`` when given); a damaged file is an
+        ``InputError`` saying how to rebuild it."""
+        return self._load(f"scores/{name}.parquet", lambda p: pd.read_parquet(
+            p, columns=list(columns) if columns is not None else None),
+            "rerun the step that made it (see `python -m core info`)")
 
     def score_meta(self, name: str) -> dict | None:
         return self.meta(f"scores/{name}.parquet")
@@ -567,57 +405,7 @@ class Workspace:
                 "created": m.get("created"), "steps": steps, "scores": scores}
 
 
-def is_workspace(path: str | os.PathLike) -> bool:
-    """True for a folder Cherrypick made: a readable manifest.json that is an object with a
-    ``format_version``. Only such folders may be emptied by an overwrite."""
-    manifest = Path(path, MANIFEST)
-    try:
-        body = atomic.read_json(manifest) if manifest.is_file() else None
-    except (ValueError, OSError):
-        return False
-    return isinstance(body, dict) and "format_version" in body
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    """``path`` (after resolving links) is ``folder`` or inside it."""
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
-def _is_damage(path: Path, err: Exception) -> bool:
-    """Whether reading ``path`` failed because its bytes are bad (not a wrong column name or
-    a permission): a parquet file whose footer still reads is not damaged."""
-    if not isinstance(err, _DAMAGE) or isinstance(err, (PermissionError, FileNotFoundError)):
-        return False
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pq.read_metadata(path)
-        except Exception:
-            return True
-        return False
-    return True
-
-
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _warn_once(path: Path, digest: str, message: str) -> None:
-    """One ``ChangedInputWarning`` per changed file content and process (every step asks
-    for the fingerprint; the person needs to hear it once)."""
-    key = (str(path.resolve()), digest)
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, ChangedInputWarning, stacklevel=3)
-
-
-def _brief(err: Exception) -> str:
-    """The error on one line, short enough for the CLI's one-line messages."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-
-
 def _own_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
