@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm.py: the CPU may be shared
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm/models.py: the CPU may be shared
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -27,7 +27,7 @@ for _p in (str(BENCH.parent), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm.py: the CPU may be shared
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm/models.py: the CPU may be shared
 
 CACHE = BENCH / ".cache"
 DEMO_FILE = "alpaca_random_9k.jsonl.gz"

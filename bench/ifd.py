@@ -1,9 +1,9 @@
-"""IFD speed: the batched engine (core/ifd.py) against the plain per-sample loop and against
+"""IFD speed: the batched engine (core/lm/losses.py, core/scores/ifd.py) against the plain per-sample loop and against
 the matrix-product roofline of this machine (bench/roofline.py).
 
 The same real Alpaca rows (read by the project's importer) are scored in one process by
 tests/lm_reference.py (one forward per pass, full logits, like Cherry LLM's loop) and by
-``core.ifd.ifd_scores``, in fp32 and in bf16. Prints rows/s, the speed-up over the fp32
+``core.scores.ifd.ifd_scores``, in fp32 and in bf16. Prints rows/s, the speed-up over the fp32
 loop, the engine's share of the roofline (the time the needed FLOPs take at the measured
 matmul rates / the engine's time), the engine's agreement with the loop in fp32 and the bf16
 deviation from fp32 (Spearman of IFD, median and max relative difference).
@@ -30,7 +30,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 import lm_reference as ref  # noqa: E402
 import roofline  # noqa: E402
-from core import ifd  # noqa: E402
+from core.scores import ifd  # noqa: E402
 from core.lm import load_causal_lm  # noqa: E402
 
 DATA_FILE = ROOT.parent / "shared" / "data" / "alpaca_random_9k.jsonl.gz"

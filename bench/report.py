@@ -53,7 +53,7 @@ PLANS = {
                             "cost per token). The two sizes score different rows (the first "
                             "15 vs the first 30) and, in a quick run, under different "
                             "contention; if the full run (100 vs 200 rows) still shows "
-                            "b ≥ 1.5, profile `core.ifd.sequence_losses` batching.",
+                            "b ≥ 1.5, profile `core.lm.sequence_losses` batching.",
     ("umap", "umap-learn (own kNN)"): "This is the baseline: below 4,096 rows umap-learn "
                                       "computes all pairwise distances. Cherrypick never "
                                       "runs it: `core.maps` passes the faiss graph "

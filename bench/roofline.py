@@ -17,7 +17,7 @@ import os
 import platform
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as core/lm/models.py
 
 # SmolLM2-135M (LlamaForCausalLM); read from a model config with ``model_shape(config)``.
 SMOLLM2 = {"hidden": 576, "intermediate": 1536, "heads": 9, "kv_heads": 3, "head_dim": 64,

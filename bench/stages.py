@@ -18,7 +18,7 @@ from common import BENCH_RATING, CACHE, SIZES, base_vectors, pool_workspace, tim
 
 def stage_ifd(n: int, quick: bool) -> dict:
     import ifd as bench_ifd
-    from core.ifd import DEFAULT_TOKEN_BUDGET
+    from core.lm import DEFAULT_TOKEN_BUDGET
 
     main = n == max(SIZES["ifd"][0 if quick else 1])
     out = bench_ifd.compare(n, budgets=(DEFAULT_TOKEN_BUDGET,), loops=main, bf16=main,

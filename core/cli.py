@@ -12,14 +12,14 @@ import importlib
 import json
 import sys
 import warnings
-from pathlib import Path
+
 
 from .args import non_negative_int, positive_int, seed
 from .errors import Cancelled, InputError
 from .text import terminal_safe
 
 # Modules that add subcommands (each has register_cli), in help order.
-AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.ifd", "core.raters.run",
+AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.scores.ifd", "core.raters.run",
                 "core.scores.ds2", "core.select.cli", "core.export", "core.demo")
 
 

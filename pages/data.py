@@ -210,7 +210,7 @@ def base_steps(ws) -> None:
 
 
 def ifd_step(ws) -> None:
-    from core.ifd import TEMPLATES
+    from core.lm import TEMPLATES
 
     box = step_box("IFD / r-IFD (SmolLM2-135M)", ws.score_meta("ifd"))
     if ws.score_meta("rifd"):
@@ -244,7 +244,7 @@ def ifd_step(ws) -> None:
                   chunk_size=LM_CHUNK)
     b1, b2 = box.columns(2)
     if b1.button("Measure speed on 4 rows", key="ifd_measure"):
-        from core.ifd import run_ifd
+        from core.scores.ifd import run_ifd
         import time
 
         start = time.perf_counter()
@@ -255,7 +255,7 @@ def ifd_step(ws) -> None:
             st.session_state["ifd_rate"] = 4 / max(time.perf_counter() - start, 1e-3)
             st.rerun()
     if b2.button("Run IFD", key="run_ifd", type="primary"):
-        from core.ifd import run_ifd
+        from core.scores.ifd import run_ifd
 
         with box:
             if state.run_step("IFD", "ifd", run_ifd, sample_ids=ids, with_reverse=reverse,
@@ -279,7 +279,7 @@ def precomputed_notice(ws, box) -> None:
     box.caption(f"Recomputing all {rows:,} rows on this machine takes about "
                 f"{state.format_seconds(seconds)}; a cancelled run keeps its finished chunks.")
     if box.button("Recompute these scores here", key="ifd_recompute"):
-        from core.ifd import run_ifd
+        from core.scores.ifd import run_ifd
 
         params = meta.get("params", {})
         ids = ws.read_score("ifd")["sample_id"].tolist()
@@ -317,7 +317,7 @@ def recost_step(ws) -> None:
             reference = str(Path(path).expanduser())
         else:
             reference = pick.split(": ", 1)[1]
-        from core.ifd import run_recost
+        from core.scores.recost import run_recost
 
         with box:
             if state.run_step("RECOST", "recost", run_recost, ws=ws, reference=reference,

@@ -88,11 +88,11 @@ def run_step(ws, step: str, lm=None) -> None:
 
         run_map(ws, seed=0, force=True)
     elif step == "ifd":
-        from core.ifd import run_ifd
+        from core.scores.ifd import run_ifd
 
         run_ifd(ws, model=lm, dtype="float32", with_reverse=True, force=True)
     elif step == "recost":
-        from core.ifd import run_recost
+        from core.scores.recost import run_recost
 
         run_recost(ws, str(REFERENCE), k=2, model=lm, dtype="float32", force=True,
                    **_exact_recost_embedding())
@@ -128,7 +128,7 @@ def _exact_embedding() -> dict:
 def _exact_recost_embedding() -> dict:
     import inspect
 
-    from core.ifd import run_recost
+    from core.scores.recost import run_recost
 
     return ({"embed_precision": "fp32"}
             if "embed_precision" in inspect.signature(run_recost).parameters else {})

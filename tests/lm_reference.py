@@ -1,8 +1,8 @@
-"""A plain, per-sample reference for the LM scores, written apart from core/ifd.py.
+"""A plain, per-sample reference for the LM scores, written apart from core/scores/ifd.py.
 
 One Hugging Face forward pass per sequence, the full logits, and torch's CrossEntropyLoss on
 the answer positions (labels −100 elsewhere), the way Cherry LLM's loop computes its losses.
-The prompt templates are restated here from METHODS.md so a typo in the engine's copy shows
+The prompt templates are restated here from docs/methods.md so a typo in the engine's copy shows
 up as a test failure. Used by tests/test_ifd.py and bench/ifd.py as the baseline.
 """
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from loopback import LoopbackServer, QuietHandler, chat_completion, read_json, send_json
 from ui_fixture import REPO, SCRIPT, fixture_ws, hostile_ids  # noqa: F401
 
 from components.histogram import score_histogram
@@ -318,48 +319,24 @@ def test_sidebar_picker_lists_workspaces_and_switches(app, fixture_ws, tmp_path)
 
 
 # ----- the app's rater → DS2 path is the CLI's ------------------------------------------------
-class _HashRater:
+class _HashRater(LoopbackServer):
     """A stdlib OpenAI-compatible server on 127.0.0.1 that rates a sample by a hash of the
     request: overall 1-10, and an answer DS2 cannot read (prose) for every ninth hash."""
 
     def __init__(self):
         import hashlib
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = read_json(self)
                 digest = int(hashlib.sha256(body["messages"][-1]["content"].encode())
                              .hexdigest()[:8], 16)
                 content = ("A fine sample." if digest % 9 == 0 else
                            json.dumps({"Rarity": 5, "Complexity": 5, "Informativeness": 5,
                                        "Overall rating": 1 + digest % 10}))
-                data = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, chat_completion(content))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 @pytest.mark.slow  # rates 200 rows twice and curates twice (~7 s)

@@ -25,6 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 PAGES = {"data": "data", "explore": "", "audit": "audit", "select_export": "select_export"}
 SHOTS = REPO / "test-output" / "screenshots"
 
+pytestmark = pytest.mark.browser
 
 
 def _free_port() -> int:

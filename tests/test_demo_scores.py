@@ -16,7 +16,7 @@ from ui_fixture import REPO, fixture_ws  # noqa: F401
 
 from core import demo
 from core.atomic import read_json
-from core.ifd import run_ifd
+from core.scores.ifd import run_ifd
 from core.lm import load_causal_lm
 from core.io import import_to_workspace
 from core.workspace import Workspace
@@ -74,6 +74,7 @@ def test_ship_then_copy_only_into_matching_samples(tmp_path, monkeypatch):
     assert demo.precomputed_note(other.score_meta("ifd")) is None
 
 
+@pytest.mark.lm
 def test_shipped_demo_scores_cover_the_demo_and_match_the_reference(alpaca_ws):
     """The committed IFD / r-IFD files belong to the real demo rows, score every row (or say
     why not), equal a plain per-sample computation on a few rows, and are a cache hit for
@@ -109,6 +110,7 @@ def test_shipped_demo_scores_cover_the_demo_and_match_the_reference(alpaca_ws):
     assert again["ifd"].cached and again["rifd"].cached
 
 
+@pytest.mark.lm  # "Recompute" runs IFD on the fixture rows
 def test_data_page_says_scores_were_precomputed_and_recomputes(fixture_ws, tmp_path,
                                                                 monkeypatch):
     root = tmp_path / "ws"

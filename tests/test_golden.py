@@ -1,7 +1,7 @@
 """Behaviour kept: every step of the golden workspace (tests/golden.py), recomputed by the
 current code from the stored inputs of that step, equals the stored snapshot.
 
-Numbers made by fp32 models may differ by a CPU's rounding (1e-4 relative, the METHODS §6
+Numbers made by fp32 models may differ by a CPU's rounding (1e-4 relative, the docs/methods.md §6
 rule); everything else must be equal: ids, neighbours, clusters, flags, selections, export.
 """
 

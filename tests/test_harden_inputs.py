@@ -454,6 +454,7 @@ CLI_ERRORS = {
 }
 
 
+@pytest.mark.slow  # cli_results: ~25 CLI processes at once (~20 s on 2 cores)
 @pytest.mark.parametrize("case", sorted(CLI_ERRORS))
 def test_cli_prints_one_escaped_error_line_and_exits_2(cli_results, case):
     status, out, err = cli_results[case]
@@ -464,6 +465,7 @@ def test_cli_prints_one_escaped_error_line_and_exits_2(cli_results, case):
     assert re.search(CLI_ERRORS[case], lines[0]), lines[0]
 
 
+@pytest.mark.slow  # cli_results, as above
 def test_cli_prints_each_skipped_audit_line_as_one_warning(cli_results):
     status, out, err = cli_results["audit_malformed.jsonl"]
     assert status == 0, err

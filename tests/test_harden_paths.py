@@ -197,6 +197,7 @@ def test_list_selections_skips_files_no_name_could_make(ws):
 
 
 # ----- class 7: concurrent saves -------------------------------------------------------------
+@pytest.mark.slow  # several CLI processes (~3 s)
 def test_cli_second_save_of_a_name_needs_force(ws):
     args = ["select", "--workspace", str(ws.root), "--name", "mine", "--policy", "threshold"]
     assert cli(*args, "--budget", "3").returncode == 0
@@ -341,6 +342,7 @@ def test_app_selection_name_with_markdown_is_refused_as_plain_text(app_ws, monke
     assert not app_ws.path("selections").exists()
 
 
+@pytest.mark.slow  # two AppTest sessions (~3 s)
 def test_two_app_tabs_saving_one_name_ask_before_replacing(app_ws, monkeypatch, tmp_path):
     tabs = [open_app(tmp_path, monkeypatch, app_ws.root, "pages/select_export.py")
             for _ in range(2)]

@@ -6,7 +6,6 @@ small max_length so truncation is common and the suite stays fast.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -20,10 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import ifd
-from core.lm import LoadedLM, load_causal_lm
+from core.scores import ifd, recost
+from core.lm import LoadedLM, load_causal_lm, plan_batches
 
 import lm_reference as ref
+from real_rows import first_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -38,8 +38,7 @@ def lm() -> LoadedLM:
 
 @pytest.fixture(scope="session")
 def alpaca_rows() -> list[dict]:
-    with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    return first_rows(DATA / "alpaca_random_9k.jsonl.gz", 3000)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +76,7 @@ def _close(a: float, b: float) -> bool:
 
 
 # ----- IFD vs the reference -------------------------------------------------------------------
+@pytest.mark.lm
 @pytest.mark.parametrize("template", ["none", "alpaca", "chat"])
 def test_ifd_matches_per_sample_reference(lm, rows40, template):
     got = ifd.ifd_scores(lm, *_columns(rows40), template=template, max_length=MAX_LEN,
@@ -94,6 +94,7 @@ def test_ifd_matches_per_sample_reference(lm, rows40, template):
             assert _close(row[col], want[col]), (template, i, col, row[col], want[col])
 
 
+@pytest.mark.lm
 def test_batching_does_not_change_scores(lm, rows40):
     rows = rows40[:12]
     one = ifd.ifd_scores(lm, *_columns(rows), max_length=MAX_LEN, token_budget=1)
@@ -101,6 +102,7 @@ def test_batching_does_not_change_scores(lm, rows40):
     np.testing.assert_allclose(many["ifd"], one["ifd"], rtol=REL)
 
 
+@pytest.mark.lm
 def test_rifd_matches_reference(lm, rows40):
     rows = rows40[:4] + rows40[10:14] + rows40[20:22] + rows40[30:32]
     got = ifd.rifd_scores(lm, *_columns(rows), max_length=96)
@@ -115,6 +117,7 @@ def test_rifd_matches_reference(lm, rows40):
             assert _close(row[col], want[col]), (i, col, row[col], want[col])
 
 
+@pytest.mark.lm
 def test_rifd_instruction_too_long_is_missing(lm, alpaca_rows):
     r = alpaca_rows[0]
     got = ifd.rifd_scores(lm, [r["instruction"] * 40], [""], [r["output"]], max_length=64)
@@ -123,6 +126,7 @@ def test_rifd_instruction_too_long_is_missing(lm, alpaca_rows):
 
 
 # ----- RECOST ---------------------------------------------------------------------------------
+@pytest.mark.lm
 def test_recost_matches_reference(lm, rows40):
     # short rows (room for demonstrations) and rows with an input; then one long row whose
     # answer fills max_length, leaving no room for any demonstration
@@ -130,7 +134,7 @@ def test_recost_matches_reference(lm, rows40):
     pool = rows40[24:40]
     demos = [[(d["instruction"], d["input"], d["output"]) for d in pool[i:i + 3]]
              for i in range(len(samples))]
-    got = ifd.recost_scores(lm, *_columns(samples), demos, template="none", max_length=MAX_LEN,
+    got = recost.recost_scores(lm, *_columns(samples), demos, template="none", max_length=MAX_LEN,
                             knowledge_max_length=MAX_LEN)
     truncated_demos = 0
     for i, r in enumerate(samples):
@@ -147,18 +151,18 @@ def test_recost_matches_reference(lm, rows40):
     assert truncated_demos >= 1, "some demonstrations must be cut from the left"
     # reusing IFD's conditioned loss as the plain entropy gives the same scores
     plain = ifd.ifd_scores(lm, *_columns(samples), max_length=MAX_LEN)["loss_conditioned"]
-    again = ifd.recost_scores(lm, *_columns(samples), demos, max_length=MAX_LEN,
+    again = recost.recost_scores(lm, *_columns(samples), demos, max_length=MAX_LEN,
                               knowledge_max_length=MAX_LEN,
                               entropy_plain=plain.to_numpy())
     np.testing.assert_allclose(again["recost"], got["recost"], rtol=1e-4, atol=1e-6)
-    none = ifd.recost_scores(lm, *_columns(samples[:1]), [[]], max_length=MAX_LEN)
+    none = recost.recost_scores(lm, *_columns(samples[:1]), [[]], max_length=MAX_LEN)
     assert none["recost_missing_reason"].iloc[0] == "no_demonstrations"
     assert np.isnan(none["recost"].iloc[0]) and _close(none["entropy_plain"].iloc[0],
                                                        got["entropy_plain"].iloc[0])
     long_row = rows40[10]
     full = [{**long_row, "output": long_row["output"] * 4}]
     assert len(ref.ids_of(lm.tokenizer, full[0]["output"])) > MAX_LEN
-    crowded = ifd.recost_scores(lm, *_columns(full), [demos[0]], max_length=MAX_LEN,
+    crowded = recost.recost_scores(lm, *_columns(full), [demos[0]], max_length=MAX_LEN,
                                 knowledge_max_length=MAX_LEN)
     assert crowded["recost_missing_reason"].iloc[0] == "no_room_for_demonstrations"
     assert np.isnan(crowded["recost"].iloc[0]) and np.isfinite(crowded["entropy_plain"].iloc[0])
@@ -172,7 +176,7 @@ def test_retrieve_demos_excludes_the_sample_itself():
     sample_emb /= np.linalg.norm(sample_emb, axis=1, keepdims=True)
     ref_texts = [f"row {j}" for j in range(30)]
     ref_texts[11] = "row 3"  # an exact duplicate of sample 0 elsewhere in the reference
-    idx, sims = ifd.retrieve_demos(sample_emb, ref_emb, k=4, sample_texts=["row 3", "row 7"],
+    idx, sims = recost.retrieve_demos(sample_emb, ref_emb, k=4, sample_texts=["row 3", "row 7"],
                                    ref_texts=ref_texts)
     for i, own in enumerate(["row 3", "row 7"]):
         allowed = [j for j in range(30) if ref_texts[j] != own]
@@ -183,6 +187,7 @@ def test_retrieve_demos_excludes_the_sample_itself():
 
 
 # ----- boundary, start token, missing ---------------------------------------------------------
+@pytest.mark.lm
 def test_merge_across_boundary_is_split_explicitly(lm):
     tok = lm.tokenizer
     # SmolLM2 merges ":" + ":)" into "::" after "### Response:" and "\n" + "\n\n" into "\n\n\n"
@@ -217,6 +222,7 @@ class _BosAddingTokenizer:
         return out
 
 
+@pytest.mark.lm
 def test_exactly_one_start_token(lm, rows40, monkeypatch):
     tok = lm.tokenizer
     start = lm.start_token_id
@@ -244,6 +250,7 @@ def test_exactly_one_start_token(lm, rows40, monkeypatch):
     assert direct[-n:] == answer[:n] and seen[0][0][-n:] == answer[:n]
 
 
+@pytest.mark.lm
 def test_missing_reasons_never_zero_never_crash(lm, alpaca_rows, monkeypatch):
     r = alpaca_rows[1]
     got = ifd.ifd_scores(lm, [r["instruction"], r["instruction"], "word " * 300, "", "Hi"],
@@ -273,6 +280,7 @@ def _workspace(tmp_path: Path, rows: list[dict], name: str):
     return Workspace.create(tmp_path / name, frame, source={"path": "test"})
 
 
+@pytest.mark.lm
 def test_cli_killed_after_first_chunk_resumes_to_identical_scores(tmp_path, rows40, lm):
     rows = rows40[:4] + rows40[20:28]
     ws = _workspace(tmp_path, rows, "killed")
@@ -310,6 +318,7 @@ def test_cli_killed_after_first_chunk_resumes_to_identical_scores(tmp_path, rows
     assert ifd.run_ifd(ws, model=lm, max_length=64, chunk_size=3)["ifd"].cached
 
 
+@pytest.mark.lm
 def test_run_recost_against_a_reference_file(tmp_path, rows40, lm):
     rows = rows40[:3] + rows40[20:23]
     trusted = rows40[30:38] + [rows[0]]  # the sample's own duplicate must not be its demo
@@ -317,7 +326,7 @@ def test_run_recost_against_a_reference_file(tmp_path, rows40, lm):
     ref_file.write_text("".join(json.dumps(r) + "\n" for r in trusted), encoding="utf-8")
     ws = _workspace(tmp_path, rows, "recost")
     ifd.run_ifd(ws, model=lm, max_length=MAX_LEN)
-    res = ifd.run_recost(ws, str(ref_file), k=2, model=lm, max_length=MAX_LEN)
+    res = recost.run_recost(ws, str(ref_file), k=2, model=lm, max_length=MAX_LEN)
     frame = res.value
     assert res.meta["reused_ifd_entropy"] is True
     assert frame["sample_id"].tolist() == list(range(6))
@@ -326,5 +335,63 @@ def test_run_recost_against_a_reference_file(tmp_path, rows40, lm):
     # the stored scores equal a direct computation with the demos the step picked
     demos = [[(trusted[j]["instruction"], trusted[j]["input"], trusted[j]["output"])
               for j in d] for d in frame["demo_rows"]]
-    direct = ifd.recost_scores(lm, *_columns(rows), demos, max_length=MAX_LEN)
+    direct = recost.recost_scores(lm, *_columns(rows), demos, max_length=MAX_LEN)
     np.testing.assert_allclose(frame["recost"], direct["recost"], rtol=1e-4, atol=1e-6)
+
+
+# ----- speed options: batch planning and bf16 -------------------------------------------------
+def _padded_cost(lengths, cuts, batch_cost):
+    return sum(lengths[lo] * (hi - lo) + batch_cost for lo, hi in cuts)
+
+
+def _all_cuts(n):
+    for mask in range(2 ** (n - 1)):
+        bounds = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        yield list(zip(bounds, bounds[1:]))
+
+
+def test_plan_batches_is_the_least_padding_within_the_budget():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        lengths = sorted(rng.integers(1, 60, int(rng.integers(1, 11))).tolist(), reverse=True)
+        budget, cost = int(rng.integers(1, 240)), int(rng.integers(0, 40))
+        cuts = plan_batches(lengths, budget, batch_cost=cost)
+        assert cuts[0][0] == 0 and cuts[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+        assert all(hi - lo == 1 or lengths[lo] * (hi - lo) <= budget for lo, hi in cuts)
+        allowed = [c for c in _all_cuts(len(lengths))
+                   if all(hi - lo == 1 or lengths[lo] * (hi - lo) <= budget for lo, hi in c)]
+        best = min(_padded_cost(lengths, c, cost) for c in allowed)
+        assert _padded_cost(lengths, cuts, cost) == best, (lengths, budget, cost, cuts)
+    assert plan_batches([5, 4, 3], 1) == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.fixture(scope="session")
+def lm16() -> LoadedLM:
+    return load_causal_lm(dtype="bfloat16")
+
+
+@pytest.mark.lm
+def test_bf16_keeps_the_residual_stream_fp32_and_stays_close_to_fp32(lm, lm16, rows40):
+    import torch
+    from scipy.stats import spearmanr
+
+    model = lm16.model
+    assert lm.compute is None and "fp32" in lm16.compute
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # tied weights split
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n)
+    assert ifd.lm_params(lm16)["compute"] == lm16.compute and "compute" not in ifd.lm_params(lm)
+    exact = ifd.ifd_scores(lm, *_columns(rows40), max_length=MAX_LEN)["ifd"].to_numpy()
+    fast = ifd.ifd_scores(lm16, *_columns(rows40), max_length=MAX_LEN)["ifd"].to_numpy()
+    rel = np.abs(fast - exact) / np.abs(exact)
+    assert rel.max() > 1e-5, "the bf16 model computed in fp32"
+    assert np.median(rel) <= 0.005 and rel.max() < 0.05
+    assert spearmanr(fast, exact)[0] >= 0.999
+    # the model's own forward (the reference loop, a local rater's generate) runs in bf16 too
+    r = rows40[0]
+    want = ref.ifd_one(model, lm16.tokenizer, r["instruction"], r["input"], r["output"],
+                       "none", MAX_LEN)
+    assert math.isclose(want["ifd"], fast[0], rel_tol=1e-2)
+    ids = lm16.tokenizer("Hello", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=2, do_sample=False).shape[1] >= 2

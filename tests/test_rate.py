@@ -4,7 +4,6 @@ real Alpaca rows."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
@@ -13,7 +12,6 @@ import time
 from collections import Counter
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,6 +26,8 @@ from core.raters.prompt import explain_rating, parse_rating, prompt_sha256, rati
 from core.raters.run import (COLUMNS, UNPARSEABLE, check_rater_name, rater_names, rating_path,
                              ratings_for_curation, responses_path, run_rate)
 from core.workspace import Workspace
+from loopback import LoopbackServer, QuietHandler, chat_completion, read_json, send_json
+from real_rows import first_rows
 
 KEY_ENV = "CHERRYPICK_TEST_RATER_KEY"
 SECRET = "sk-test-3f9c1e7d-never-on-disk"
@@ -174,7 +174,7 @@ SLOW_SECONDS = 4.0
 CLIENT_TIMEOUT = 2.0  # generous: the in-process server shares a busy CPU
 
 
-class FakeAPI:
+class FakeAPI(LoopbackServer):
     """Answers /v1/chat/completions; each sample's instruction says how (``mode``)."""
 
     def __init__(self):
@@ -185,18 +185,14 @@ class FakeAPI:
         self.bodies: list[dict] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
+                body = read_json(self)
                 with api.lock:
                     api.auth.add(self.headers.get("Authorization", ""))
                     api.bodies.append(body)
                 if self.path != "/v1/chat/completions":
-                    return self._send(404, b'{"error": "not found"}')
+                    return send_json(self, 404, b'{"error": "not found"}')
                 task, mode, overall = TASK.search(body["messages"][-1]["content"]).groups()
                 task = int(task)
                 with api.lock:
@@ -205,75 +201,42 @@ class FakeAPI:
                     api.times.setdefault(task, []).append(time.monotonic())
                 api.answer(self, mode, n, int(overall))
 
-            def _send(self, status, data, headers=None):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    @staticmethod
-    def completion(content: str) -> bytes:
-        return json.dumps({"id": "cmpl-1", "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content},
-             "finish_reason": "stop"}]}).encode()
+        super().__init__(Handler)
 
     def answer(self, handler, mode: str, n: int, overall: int) -> None:
-        good = self.completion(json.dumps({"Rarity": 3, "Complexity": 4, "Informativeness": 5,
+        good = chat_completion(json.dumps({"Rarity": 3, "Complexity": 4, "Informativeness": 5,
                                            "Overall rating": overall}))
         if mode == "ok":
-            return handler._send(200, good)
+            return send_json(handler, 200, good)
         if mode == "lag":  # slow enough that a cancel finds requests in flight
             time.sleep(0.1)
-            return handler._send(200, good)
+            return send_json(handler, 200, good)
         if mode == "fenced":
-            return handler._send(200, self.completion(
+            return send_json(handler, 200, chat_completion(
                 "Sure.\n```json\n{'Rarity': '3', 'Complexity': '4', 'Informativeness': '5', "
                 f"'Overall rating': '{overall}'}}\n```\nDone."))
         if mode == "slowonce":
             if n == 1:
                 time.sleep(SLOW_SECONDS)
-            return handler._send(200, good)
+            return send_json(handler, 200, good)
         if mode == "ratelimitonce":
             if n == 1:
-                return handler._send(429, b'{"error": "slow down"}', {"Retry-After": "1"})
-            return handler._send(200, good)
+                return send_json(handler, 429, b'{"error": "slow down"}', {"Retry-After": "1"})
+            return send_json(handler, 200, good)
         if mode == "error500once":
-            return handler._send(500 if n == 1 else 200, b'{"error": "oops"}' if n == 1
-                                 else good)
+            return send_json(handler, 500 if n == 1 else 200,
+                             b'{"error": "oops"}' if n == 1 else good)
         if mode == "garbageonce":
-            return handler._send(200, b'{"choices": [ not json' if n == 1 else good)
+            return send_json(handler, 200, b'{"choices": [ not json' if n == 1 else good)
         if mode == "prose":
-            return handler._send(200, self.completion("A fine sample; I'd give it eight."))
+            return send_json(handler, 200, chat_completion("A fine sample; I'd give it eight."))
         if mode == "badrequest":  # echoes the credentials back, as a careless proxy might
             echo = handler.headers.get("Authorization", "")
-            return handler._send(400, json.dumps({"error": f"bad request from {echo}"}).encode())
+            return send_json(handler, 400,
+                             json.dumps({"error": f"bad request from {echo}"}).encode())
         if mode == "error500always":
-            return handler._send(503, b'{"error": "down"}')
+            return send_json(handler, 503, b'{"error": "down"}')
         raise AssertionError(mode)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 def _workspace(tmp_path: Path, modes: list[str], overalls: list[int]) -> Workspace:
@@ -308,6 +271,7 @@ MODES = ["ok", "fenced", "slowonce", "ratelimitonce", "error500once", "garbageon
 OVERALLS = [7, 4, 9, 2, 10, 5, 6, 3, 8, 1]
 
 
+@pytest.mark.slow  # waits out Retry-After and timeouts (~3 s)
 def test_openai_backend_retries_parses_records_errors_and_caches(tmp_path):
     ws = _workspace(tmp_path, MODES, OVERALLS)
     with FakeAPI() as api:
@@ -515,12 +479,7 @@ def test_cli_rate_writes_the_rating_file(tmp_path, capsys):
 # ----- the local backend on real rows --------------------------------------------------------
 @pytest.mark.lm
 def test_local_backend_rates_real_alpaca_rows(tmp_path, data_dir):
-    rows = []
-    with gzip.open(data_dir / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            rows.append(json.loads(line))
-            if len(rows) == 3:
-                break
+    rows = first_rows(data_dir / "alpaca_random_9k.jsonl.gz", 3)
     samples = pd.DataFrame({
         "sample_id": np.arange(3, dtype=np.int64), "source_row": np.arange(3, dtype=np.int64),
         "instruction": [r["instruction"] for r in rows],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -30,6 +29,7 @@ from core.select import (Budget, Context, DS2Ranking, ExcludeDuplicates, Exclude
                          stratified_take)
 from core.select.cli import register_cli
 from core.workspace import Workspace, sha256_file
+from real_rows import first_rows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -195,6 +195,7 @@ def test_recost_windows_take_the_farthest():
     assert sel.sample_ids == [10, 13, 15]
 
 
+@pytest.mark.slow  # many sampling rounds (~3 s)
 def test_diversity_sampling_equals_a_plain_window_loop(monkeypatch):
     """The blocked implementation picks exactly what a window-by-window loop picks, for
     windows that are smaller and larger than a block."""
@@ -318,9 +319,7 @@ def test_audit_fold_last_decision_wins_and_undo_pops():
 # workspaces: score_table, saved selections, diff
 # ======================================================================================
 def _alpaca_records(n: int) -> list[dict]:
-    with gzip.open(DATA / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        rows = [json.loads(next(fh)) for _ in range(n)]
-    return rows
+    return first_rows(DATA / "alpaca_random_9k.jsonl.gz", n)
 
 
 def _make_workspace(root: Path, records: list[dict], fmt: str, tmp: Path) -> Workspace:

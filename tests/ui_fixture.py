@@ -15,7 +15,6 @@ Use it from a test module with ``from ui_fixture import fixture_ws  # noqa: F401
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -29,6 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.workspace import Workspace  # noqa: E402
+from real_rows import first_rows  # noqa: E402
 
 FIXTURE_VERSION = "ui-1"
 ALPACA_ROWS = 300
@@ -76,14 +76,7 @@ DATA_DIR = _data_dir()  # read once: app tests point CHERRYPICK_DATA elsewhere
 
 
 def _rows() -> list[dict]:
-    rows = []
-    with gzip.open(DATA_DIR / "alpaca_random_9k.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) == ALPACA_ROWS:
-                break
-    return rows + HOSTILE_ROWS
+    return first_rows(DATA_DIR / "alpaca_random_9k.jsonl.gz", ALPACA_ROWS) + HOSTILE_ROWS
 
 
 def build_fixture_workspace(root: str | Path, source: str | Path | None = None) -> Workspace:
@@ -106,7 +99,7 @@ def build_fixture_workspace(root: str | Path, source: str | Path | None = None) 
     run_map(ws, seed=0)
     run_curate(ws, "claude_ge_4_5", rounds=10, steps=300, epochs=11)  # quick: UI only
     try:
-        from core.ifd import run_ifd
+        from core.scores.ifd import run_ifd
     except ModuleNotFoundError:
         run_ifd = None  # the IFD module is not built yet: the pages work without it
     if run_ifd is not None:

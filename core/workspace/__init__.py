@@ -40,9 +40,9 @@ from .files import (DAMAGE, MANIFEST, ChangedInputWarning, DamagedFileWarning, b
                     cache_key, file_state, frame_fingerprint, is_damage, is_within,
                     is_workspace, now_iso, package_versions, pick_ids, sha256_file,
                     verify_file, warn_once)
-from .steps import JSON, PARQUET, Codec, Step, StepResult
+from .steps import JSON, NPY, PARQUET, Codec, Step, StepResult
 
-__all__ = ["Workspace", "Step", "StepResult", "Codec", "PARQUET", "JSON", "is_workspace",
+__all__ = ["Workspace", "Step", "StepResult", "Codec", "PARQUET", "JSON", "NPY", "is_workspace",
            "pick_ids", "sha256_file", "file_state", "frame_fingerprint", "cache_key",
            "now_iso", "package_versions", "DamagedFileWarning", "ChangedInputWarning",
            "MANIFEST", "SAMPLES", "EMBEDDINGS", "KNN", "MAP", "CLUSTERS", "AUDIT",

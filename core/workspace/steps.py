@@ -40,6 +40,7 @@ class Codec:
 
 PARQUET = Codec(atomic.write_parquet, pd.read_parquet)
 JSON = Codec(atomic.write_json, atomic.read_json)
+NPY = Codec(atomic.write_npy, lambda path: np.load(path, allow_pickle=False))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 # On a shared CPU, OpenMP threads that spin while waiting for a busy sibling core make a
 # 2-thread forward pass ~10x slower (measured: 11 s vs 1.2 s for 128 tokens under load);
@@ -38,8 +38,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 class LoadedLM:
     """A causal LM ready for scoring: model in eval mode, its tokenizer, and its identity.
 
-    ``start_token_id`` is the one token every scored sequence begins with (METHODS §1): the
-    tokenizer's BOS, or its EOS when it has no BOS. ``identity`` is what a cached score records
+    ``start_token_id`` is the one token every scored sequence begins with (docs/methods.md
+    §1): the tokenizer's BOS, or its EOS when it has no BOS. ``identity`` is what a cached score records
     so that scores from another model (or another dtype) are never mixed up with these.
     ``compute`` says how a reduced-precision model computes (None for plain fp32).
     """
@@ -57,7 +57,7 @@ class LoadedLM:
 
     def meta(self) -> dict:
         """What to record next to scores computed with this model."""
-        from .workspace import package_versions
+        from ..workspace import package_versions
 
         return {"model": self.name, "model_path": self.path, "model_identity": self.identity,
                 "model_source": self.source, "dtype": self.dtype, "device": self.device,
@@ -209,7 +209,7 @@ def _folder_identity(folder: Path) -> str:
 
 
 def start_token_of(tokenizer) -> int:
-    """BOS, or EOS when the tokenizer has no BOS (METHODS §1)."""
+    """BOS, or EOS when the tokenizer has no BOS (docs/methods.md §1)."""
     tok = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if tok is None:
         raise InputError("the tokenizer has neither a BOS nor an EOS token; the LM scorers "
