@@ -12,7 +12,6 @@ a new demo workspace, so its first map can be coloured by them at once.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -105,6 +104,8 @@ def _copy_demo_scores(name: str, ws: Workspace) -> None:
 
     The sidecar keeps its cache key, so ``score ifd`` on this workspace treats the copied
     rows as done (and extends them) unless asked to recompute."""
+    import pandas as pd
+
     from . import atomic
 
     shipped = shipped_scores_dir(name)
@@ -116,10 +117,7 @@ def _copy_demo_scores(name: str, ws: Workspace) -> None:
             continue  # computed on other samples: do not pretend it belongs here
         data = meta_path.with_suffix(".parquet")
         if data.exists():
-            dest = ws.path("scores")
-            dest.mkdir(exist_ok=True)
-            shutil.copyfile(data, dest / data.name)
-            shutil.copyfile(meta_path, dest / meta_path.name)
+            ws.write_score(data.stem, pd.read_parquet(data), meta)
 
 
 def score_command(step: str, params: dict, workspace: str = "WORKSPACE",
@@ -164,7 +162,8 @@ def ship_scores(ws: Workspace, name: str = "alpaca", scores: Sequence[str] = ("i
             "shipped_as": f"demo/{DEMOS[name]['folder']}/scores/{score}.parquet",
         }
         meta.pop("model_path", None)  # a path on the maintainer's machine means nothing here
-        shutil.copyfile(ws.path("scores", f"{score}.parquet"), dest / f"{score}.parquet")
+        meta.pop("file", None)  # the file as it is in this workspace, not as shipped
+        atomic.write_parquet(dest / f"{score}.parquet", ws.read_score(score))
         atomic.write_json(dest / f"{score}.json", meta)
         written.append(dest / f"{score}.parquet")
     return written

@@ -287,8 +287,7 @@ def _score_provenance(ws: Workspace, name: str) -> dict:
     params = meta.get("params") or {}
     model = meta.get("model") or params.get("model") or params.get("model_name") \
         or params.get("embedding_model")
-    path = ws.path("scores", f"{name}.parquet")
-    return {"sha256": sha256_file(path) if path.exists() else None, "model": model,
+    return {"sha256": ws.file_sha256(f"scores/{name}.parquet"), "model": model,
             "params": params, "versions": meta.get("versions"), "created": meta.get("created")}
 
 

@@ -16,7 +16,7 @@ from ..audit import audit_state, curated_in_force, read_log
 from ..errors import InputError
 from ..names import ds2_score_name, ds2_scores, resolve_rating_column
 from ..paths import child_path, is_valid_name
-from ..workspace import AUDIT, EMBEDDINGS, MAP, SAMPLES, Workspace, now_iso, sha256_file
+from ..workspace import AUDIT, EMBEDDINGS, MAP, SAMPLES, Workspace, now_iso
 from .blocks import cluster_sizes, group_label, label_sort_key
 from .recipe import Recipe, Selection, shown
 from .steps import Context, DS2Ranking, ExcludeRejected
@@ -52,12 +52,12 @@ def _inputs(ws: Workspace, recipe: Recipe, files: list[str]) -> dict:
     """The fingerprint of samples.parquet and the sha256 of every other file read."""
     inputs: dict[str, str | None] = {SAMPLES: ws.samples_fingerprint()}
     if _needs_embeddings(recipe):
-        inputs[EMBEDDINGS] = sha256_file(ws.path(EMBEDDINGS))
+        inputs[EMBEDDINGS] = ws.file_sha256(EMBEDDINGS)
     if _reads_audit(recipe):
-        inputs[AUDIT] = sha256_file(ws.path(AUDIT)) if ws.exists(AUDIT) else None
+        inputs[AUDIT] = ws.file_sha256(AUDIT)
     for rel in files:
         if rel != SAMPLES:
-            inputs[rel] = sha256_file(ws.path(rel))
+            inputs[rel] = ws.file_sha256(rel)
     return dict(sorted(inputs.items()))
 
 

@@ -20,31 +20,19 @@ from ..names import DS2_PREFIX
 from ..workspace import MAP, SAMPLES, Workspace
 
 
-def score_sources(ws: Workspace) -> dict[str, Path]:
-    """Files a column can come from: each score file by its name, ``map`` and ``samples``."""
-    out = {name: ws.path("scores", f"{name}.parquet") for name in ws.score_names()}
+def score_sources(ws: Workspace) -> dict[str, str]:
+    """Files a column can come from (workspace paths): each score file by its name, ``map``
+    and ``samples``."""
+    out = {name: f"scores/{name}.parquet" for name in ws.score_names()}
     if ws.exists(MAP):
-        out["map"] = ws.path(MAP)
-    out["samples"] = ws.path(SAMPLES)
+        out["map"] = MAP
+    out["samples"] = SAMPLES
     return out
 
 
 def column_dtypes(ws: Workspace, source: str) -> dict[str, object]:
-    """The columns of one source (``score_sources``) and the pandas dtype each is read as,
-    from the file's schema alone (an unreadable file is an ``InputError`` naming it, not a
-    pyarrow traceback)."""
-    # TODO(workspace): the schema of a score file belongs to core.workspace (a reader of
-    # schemas beside Workspace.read_score); read here by path until it offers one
-    import pyarrow.parquet as pq
-
-    path = score_sources(ws)[source]
-    try:
-        empty = pq.read_schema(path).empty_table().to_pandas(ignore_metadata=True)
-        return dict(empty.dtypes.items())
-    except Exception as err:  # pyarrow raises several types for a bad footer
-        raise InputError(f"not a readable Parquet file ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]}); rerun the step that made it",
-                         file=str(path)) from None
+    """The columns of one source (``score_sources``) and the pandas dtype each is read as."""
+    return ws.column_dtypes(score_sources(ws)[source])
 
 
 def numeric_score_columns(ws: Workspace) -> list[str]:
@@ -81,7 +69,7 @@ def resolve_columns(ws: Workspace, columns: Iterable[str]) -> dict[str, tuple[st
             if rest not in schema[src]:
                 raise InputError(f"no column '{rest}' in {src} (it has: "
                                  f"{', '.join(schema[src]) or 'nothing'})",
-                                 file=str(sources[src]), field=col)
+                                 file=str(ws.path(sources[src])), field=col)
             out[col] = (src, rest)
             continue
         if rest and src.startswith(DS2_PREFIX):
@@ -108,7 +96,7 @@ def resolve_columns(ws: Workspace, columns: Iterable[str]) -> dict[str, tuple[st
 def read_source(ws: Workspace, source: str, columns: Sequence[str]) -> pd.DataFrame:
     """``sample_id`` and ``columns`` of one source (``score_sources``), read through the
     workspace and checked (``check_frame``; numbers required except in ``samples``)."""
-    path = score_sources(ws)[source]
+    path = ws.path(score_sources(ws)[source])
     _require_columns(list(column_dtypes(ws, source)), columns, path)
     wanted = ["sample_id", *columns]
     if source == "samples":
@@ -181,7 +169,7 @@ def score_table(ws: Workspace, columns: Iterable[str]) -> pd.DataFrame:
         for want, col in pairs:
             out[want] = part[col]
         table = table.merge(out, on="sample_id", how="left", validate="one_to_one")
-        files.append(str(sources[src].relative_to(ws.root)))
+        files.append(sources[src])
     table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
     table.attrs["files"] = sorted(files)
     return table

@@ -347,13 +347,34 @@ class Workspace:
             p, columns=list(columns) if columns is not None else None),
             "rerun the step that made it (see `python -m core info`)")
 
+    def file_sha256(self, name: str) -> str | None:
+        """sha256 of a workspace file (hashed once per size and mtime), None when absent:
+        what selections and export manifests record of the files they read."""
+        path = self.path(name)
+        return file_state(path)["sha256"] if path.is_file() else None
+
+    def column_dtypes(self, name: str) -> dict[str, object]:
+        """The columns of a Parquet result and the pandas dtype each is read as, from the
+        file's schema alone; an unreadable file is an ``InputError`` naming it."""
+        import pyarrow.parquet as pq
+
+        path = self.path(name)
+        try:
+            empty = pq.read_schema(path).empty_table().to_pandas(ignore_metadata=True)
+        except Exception as err:  # pyarrow raises several types for a bad footer
+            raise InputError(f"not a readable Parquet file ({brief(err)}); rerun the step "
+                             "that made it", file=str(path)) from None
+        return dict(empty.dtypes.items())
+
     def score_meta(self, name: str) -> dict | None:
         return self.meta(f"scores/{name}.parquet")
 
     def write_score(self, name: str, frame: pd.DataFrame, meta: dict) -> None:
-        """Write a whole score file and its sidecar (for steps not run through run_*)."""
-        atomic.write_parquet(self.path("scores", f"{name}.parquet"), frame)
-        atomic.write_json(self.path("scores", f"{name}.json"), meta)
+        """Write a whole score file and its sidecar (for results not made by a step here:
+        the demo's shipped scores, tests); the sidecar records the file as written."""
+        path = self.path("scores", f"{name}.parquet")
+        atomic.write_parquet(path, frame)
+        atomic.write_json(self.path("scores", f"{name}.json"), {**meta, "file": file_state(path)})
 
     # ----- arrays -----------------------------------------------------------------------
     def embeddings(self, mmap: bool = True) -> np.ndarray:
