@@ -97,7 +97,7 @@ def time_attention(seqs: int, length: int, shape: dict, dtype, repeats: int = 5)
 
 
 def measure(threads: int | None = 2, tokens: int = 2048, vocab_rows: int = 512,
-            attention_length: int = 128, repeats: int = 5, shape: dict = SMOLLM2,
+            attention_length: int = 128, repeats: int = 10, shape: dict = SMOLLM2,
             dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
     """Roofline per dtype: GFLOP/s of each layer linear at ``tokens`` rows, their
     FLOP-weighted rate ("layers"), the vocabulary projection at ``vocab_rows`` rows
