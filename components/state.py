@@ -87,10 +87,12 @@ def current_workspace() -> Workspace | None:
     none yet."""
     root = st.session_state.get(WORKSPACE_KEY)
     if root is None:
-        roots = workspace_roots()
-        if not roots:
+        from components.workspace_choice import initial_workspace
+
+        first = initial_workspace(workspace_roots())
+        if first is None:
             return None
-        root = str(roots[0])
+        root = str(first)
         st.session_state[WORKSPACE_KEY] = root
     if not Path(root, MANIFEST).is_file():
         return None

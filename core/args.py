@@ -66,3 +66,11 @@ def ratio(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text!r}")
     return value
+
+
+def probability(text: str) -> float:
+    """A share in [0, 1], both ends allowed (``--min-confidence 0`` changes every flag)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text!r}")
+    return value

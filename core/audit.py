@@ -27,6 +27,10 @@ with one ``write`` call, so two browser tabs (or a tab and the CLI) deciding at 
 lose nothing and never interleave bytes. This file is the one exception to "every write goes
 through ``core.atomic``": an atomic rename would make concurrent appends lose lines.
 
+Tags and bulk actions (``core.tags``) are lines of the same log with ``TAG_ACTIONS``;
+``read_log`` and ``fold_log`` never see them, and a bulk reject or "send to the queue" is
+ordinary decisions (one per sample) with the bulk action's id in ``bulk``.
+
 The curated rating in force is ``curated_in_force``: the rating a person put in force when
 there is one, else DS2's curated rating. Selection, export and the app all read it there.
 """
@@ -51,6 +55,8 @@ from .errors import InputError
 from .workspace import AUDIT, Workspace
 
 ACTIONS = ("accept", "keep", "set", "skip", "reject", "undo")
+#: Tag lines share the log (``core.tags`` writes and folds them; decisions never see them).
+TAG_ACTIONS = ("tag", "untag", "undo_bulk")
 #: Actions that put a rating in force (``current_decisions`` reports them).
 RATING_ACTIONS = ("accept", "keep", "set")
 FIELDS = ("time", "sample_id", "rating_column", "old", "suggested", "new", "action")
@@ -97,8 +103,14 @@ def _locked(ws: Workspace, mode: str) -> Iterator:
 
 
 def _write_line(fh, entry: dict) -> None:
+    _write_lines(fh, [entry])
+
+
+def _write_lines(fh, entries: list[dict]) -> None:
+    """Append ``entries`` with one ``write`` call (a bulk action lands whole or not at all
+    but for a crash mid-write, which the reader skips line by line)."""
     fh.seek(0, os.SEEK_END)
-    line = json.dumps(entry, ensure_ascii=False) + "\n"
+    line = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
     if fh.tell() and not _ends_with_newline(fh.name):
         line = "\n" + line  # after a cut-off last line (a crash mid-append): keep it apart
     fh.write(line)
@@ -171,6 +183,10 @@ def entry_problem(entry) -> str | None:
     if not isinstance(entry, dict):
         return f"not a JSON object but {type(entry).__name__}"
     action = entry.get("action")
+    if action in TAG_ACTIONS:
+        from .tags import tag_line_problem
+
+        return tag_line_problem(entry)
     if action not in ACTIONS:
         return f"unknown action {action!r}"
     sid = entry.get("sample_id")
@@ -187,13 +203,15 @@ def entry_problem(entry) -> str | None:
     return None
 
 
-def _parse(data: bytes, source: str, problems: list[str] | None = None) -> list[dict]:
+def _parse(data: bytes, source: str, problems: list[str] | None = None,
+           kind: str = "decision") -> list[dict]:
     """Decisions from the log's bytes. A line that is not a valid decision (not UTF-8, not
     JSON, a cut-off last line after a crash mid-append, a hand edit) is skipped with an
     ``AuditLogWarning`` naming the line, and its message is appended to ``problems``: the
     other decisions still count, and the bad line is never read as something else. Lines
     end at a newline byte only (a rating column may hold U+2028, which ``splitlines`` would
-    cut)."""
+    cut). ``kind``: ``decision`` (per-sample decisions), ``tag`` (``TAG_ACTIONS`` lines) or
+    ``all``; lines of the other kind are valid but left out."""
     entries, skipped = [], []
     lines = data.split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
@@ -209,7 +227,8 @@ def _parse(data: bytes, source: str, problems: list[str] | None = None) -> list[
             why = ("a cut-off last line (a crash while writing it?)" if number == last else
                    f"not valid JSON ({' '.join(str(err).split())[:120]})")
         if why is None:
-            entries.append(entry)
+            if kind == "all" or (entry["action"] in TAG_ACTIONS) == (kind == "tag"):
+                entries.append(entry)
         else:
             skipped.append(f"{source}, line {number + 1}: skipped, {why}; fix or delete "
                            "that line by hand")
@@ -417,10 +436,14 @@ def audit_queue(ds2: pd.DataFrame, state: AuditState, rating_column: str,
     Open samples come first, highest confidence first (ties: smaller sample id); skipped
     ones follow in the order they were skipped; decided ones (accept/keep/set/reject) only
     with ``include_decided``, last, in the order they were decided.
+    Samples a person sent to the queue (``core.tags.bulk_decide``: a ``skip`` carrying a
+    ``bulk`` id) are listed too, flagged or not, and stay listed once decided.
     ``transition=(rated, suggested)`` and ``cluster`` filter. ``status`` is ``open``,
     ``skip`` or the action in force; ``decided`` is the rating in force from the log.
     """
-    flagged = ds2[ds2["flagged"].astype(bool)]
+    sent = [sid for (sid, column), stack in state.stacks.items() if column == rating_column
+            and any(e["action"] == "skip" and "bulk" in e for _, e in stack)]
+    flagged = ds2[ds2["flagged"].astype(bool) | ds2["sample_id"].isin(sent)]
     if transition is not None:
         rated, suggested = transition
         flagged = flagged[(flagged["rating_class"] == rated) &

@@ -20,7 +20,10 @@ from .text import terminal_safe
 
 # Modules that add subcommands (each has register_cli), in help order.
 AREA_MODULES = ("core.embed", "core.knn", "core.maps", "core.scores.ifd", "core.raters.run",
-                "core.scores.ds2", "core.select.cli", "core.export", "core.demo")
+                "core.reflect.cli",
+                "core.scores.ds2", "core.dedup", "core.decontam", "core.select.cli", "core.tags",
+                "core.export",
+                "core.demo", "core.lm.brief")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,10 +86,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _register_import(sub) -> None:
     p = sub.add_parser("import", help="import a dataset file (or several) into a workspace",
                        description="Import Alpaca JSON/JSONL, ShareGPT, OpenAI messages, CSV "
-                                   "or Parquet (optionally .gz) into a new workspace folder. "
+                                   "or Parquet (optionally .gz), an Arrow file, a Hugging Face "
+                                   "save_to_disk folder or (--hf) a Hub dataset into a new "
+                                   "workspace folder. "
                                    "Several files (or a folder) make one pool with a `source` "
                                    "column.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="dataset file(s) or a folder")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="dataset file(s), a folder, an Arrow file or a Hugging Face "
+                        "save_to_disk folder")
+    p.add_argument("--hf", metavar="NAME",
+                   help="a Hugging Face Hub dataset instead of files (needs the network)")
+    p.add_argument("--split", metavar="S",
+                   help="split of a save_to_disk DatasetDict or of --hf (default: the only "
+                        "one, or train)")
+    p.add_argument("--revision", metavar="R", help="Hub revision (branch, tag or commit) of --hf")
     p.add_argument("--workspace", required=True, help="workspace folder to create")
     p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "csv", "parquet"],
                    help="force the format instead of detecting it")
@@ -108,8 +121,12 @@ def _register_import(sub) -> None:
 def _cmd_import(args) -> int:
     from .io import DEFAULT_MAX_CHARS, import_to_workspace, parse_mapping
 
+    if bool(args.paths) == bool(args.hf):
+        raise InputError("give dataset file(s) or --hf NAME (one of the two)")
+    hub = {"hf": args.hf, "revision": args.revision} if args.hf or args.revision else {}
     ws, result = import_to_workspace(
         args.paths, args.workspace, format=args.format, mapping=parse_mapping(args.mapping),
+        split=args.split, **hub,
         skip_invalid=args.skip_invalid, sample=args.sample, seed=args.seed, limit=args.limit,
         encoding=args.encoding,
         max_chars=DEFAULT_MAX_CHARS if args.max_chars is None else args.max_chars,

@@ -256,13 +256,14 @@ def embedding_params(model=None, recipe: str = "full", precision: str = "fp32") 
 
 def run_embed(ws: Workspace, model: str | os.PathLike | None = None, recipe: str = "full",
               batch_size: int = 64, chunk_size: int = 2048, progress: Progress | None = None,
-              force: bool = False, precision: str = "auto") -> StepResult:
+              force: bool = False, precision: str = "auto", executor=None) -> StepResult:
     """Embed every sample of ``ws`` into ``embeddings.npy`` (row i = i-th sample_id).
 
     Runs through ``Workspace.run_chunked``: chunks of ``chunk_size`` samples are written as
     they finish, so a killed or cancelled run resumes. The result value is the ``[N, dim]``
     array; the sidecar ``embeddings.json`` records model, recipe, dimension and precision
-    (``auto``: bf16 where it is fast, see the module docstring).
+    (``auto``: bf16 where it is fast, see the module docstring). ``executor`` computes the
+    chunks (core/executors: local, or Ray).
     """
     if recipe not in RECIPES:
         raise InputError(f"unknown text recipe {recipe!r}; use one of {', '.join(RECIPES)}",
@@ -297,7 +298,7 @@ def run_embed(ws: Workspace, model: str | os.PathLike | None = None, recipe: str
                       **({"precision": params["precision"]} if "precision" in params else {}),
                       "batch_size": batch_size})
     result = ws.run_chunked(step, ids, compute, chunk_size=chunk_size, progress=progress,
-                            force=force)
+                            force=force, executor=executor)
     if result.cached and "cached_array" in state:
         return StepResult(state["cached_array"], result.meta, True)
     return StepResult(_stack(result.value, params["dim"]), result.meta, result.cached)
@@ -336,16 +337,22 @@ def register_cli(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 where this CPU/GPU runs it fast, else fp32; fp32 = exact")
+    from .executors import add_executor_arguments
+
+    add_executor_arguments(p)
     p.set_defaults(func=_cli_embed)
 
 
 def _cli_embed(args) -> int:
+    from .executors import executor_from_args
+
+    executor = executor_from_args(args)
     ws = Workspace.open(args.workspace)
     start = time.perf_counter()
     with TqdmProgress("embed", unit="sample") as bar:
         result = run_embed(ws, model=args.model, recipe=args.text, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, progress=bar, force=args.force,
-                           precision=args.precision)
+                           precision=args.precision, executor=executor)
     from .text import terminal_safe
 
     what = "up to date" if result.cached else "wrote"

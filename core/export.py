@@ -73,7 +73,9 @@ def curated_ratings(ws: Workspace, rating_column: str) -> pd.Series:
 def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.PathLike,
                  with_scores: Sequence[str] = (), write_back_rating: str | None = None,
                  rating_field: str | None = None, selection: str | dict | None = None,
-                 record: bool = False, force: bool = False) -> dict:
+                 record: bool = False, force: bool = False,
+                 allow_contaminated: bool = False, reflected: str | None = None,
+                 with_tags: bool = False) -> dict:
     """Write the records of ``sample_ids`` (sorted, unique) to ``out_path`` as JSONL and a
     manifest ``<stem>.manifest.json`` beside it; return the manifest.
 
@@ -85,6 +87,13 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
     - ``selection``: the saved selection's name (or its dict) to record in the manifest.
     - ``record``: also keep a copy of the manifest in the workspace's ``exports/``.
     - ``force``: replace an existing output or manifest (else that is an ``InputError``).
+    - ``reflected``: a teacher run of ``python -m core reflect`` ("" = the only one): write,
+      for the samples among ``sample_ids`` that its rule kept a version of (and no person
+      rejected), that recycled version in the record's schema, with a ``reflection``
+      provenance field (``core.reflect.recycle``); the others are left out.
+    - ``with_tags``: add each record's tags (``core.tags``, a sorted list) as a ``tags`` field.
+    - ``allow_contaminated``: export rows ``decontaminate`` flagged as overlapping an eval set
+      (refused otherwise, ``core.decontam.check_export``); the manifest counts them.
 
     Both files are written to temp files first and renamed only once both are complete, so
     a failure (a full disk) leaves the previous export and its manifest as they were.
@@ -101,9 +110,18 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
     samples = ws.samples()
     samples_fingerprint = frame_fingerprint(samples)
     ids = _check_ids(ws, sample_ids, len(samples))
+    from .decontam import check_export
+
+    contaminated = check_export(ws, ids, allow=allow_contaminated)
     with_scores = [c for c in dict.fromkeys(with_scores) if c]
     records = samples.set_index("sample_id")["record"].reindex(ids)
     extra: dict[str, np.ndarray | list] = {}
+    reflection = None
+    if reflected is not None:
+        from .reflect.recycle import PROVENANCE_FIELD, pick_run, recycled_records
+
+        ids, records, extra[PROVENANCE_FIELD], reflection = recycled_records(
+            ws, pick_run(ws, reflected), ids, records)
     summaries: dict[str, dict] = {}
     score_files: set[str] = set()
     if with_scores:
@@ -116,6 +134,13 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
                 values = values.astype("Int64")  # a row missing from the file made it float
             extra[col] = [_json_value(v) for v in values.to_numpy(dtype=object)]
             summaries[col] = _summary(table[col])
+    if with_tags:
+        from .tags import TAGS_FIELD, tags_for
+
+        if TAGS_FIELD in extra:
+            raise InputError(f"field {TAGS_FIELD!r} is both a score and the tags field",
+                             field="with_scores")
+        extra[TAGS_FIELD] = tags_for(ws, ids)
     write_back = None
     if write_back_rating:
         column = resolve_rating_column(ws, write_back_rating)
@@ -155,10 +180,13 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
             "licence_note": src.get("licence_note"),
             "workspace": str(ws.root.resolve()),
             "samples_sha256": samples_fingerprint,
-            "counts": {"workspace_samples": int(len(samples)), "exported": lines_written},
+            "counts": {"workspace_samples": int(len(samples)), "exported": lines_written,
+                       **({"contaminated_exported": contaminated} if contaminated else {})},
             "selection": sel,
             "with_scores": list(with_scores),
+            "with_tags": bool(with_tags),
             "write_back_rating": write_back,
+            "reflected": reflection,
             # JSON has no NaN or Infinity: such values in a record are written as null,
             # counted here per top-level field
             "non_finite_as_null": dict(sorted(non_finite.items())),
@@ -172,22 +200,41 @@ def export_jsonl(ws: Workspace, sample_ids: Iterable[int], out_path: str | os.Pa
         # output on leaving the block, so a full disk while writing either changes neither
         atomic.write_json(manifest_path(out), manifest)
     if record:
-        stamp = manifest["created"].replace(":", "").replace("-", "")
-        atomic.write_json(ws.path("exports", f"{stamp}-{manifest_path(out).name}"), manifest)
+        keep_manifest_copy(ws, manifest, out)
     return manifest
+
+
+def keep_manifest_copy(ws: Workspace, manifest: dict, out: Path) -> None:
+    """A copy of an export's manifest in the workspace's ``exports/`` (``--record``)."""
+    stamp = manifest["created"].replace(":", "").replace("-", "")
+    atomic.write_json(ws.path("exports", f"{stamp}-{manifest_path(out).name}"), manifest)
+
+
+EXPORT_FORMATS = ("jsonl", "hf")  # hf: a datasets.save_to_disk folder (core/io/hf.py)
+
+
+def _write(ws: Workspace, ids, out_path, format: str = "jsonl", **kwargs) -> dict:
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {format!r}; choose "
+                         f"{' or '.join(EXPORT_FORMATS)}", field="format")
+    if format == "hf":
+        from .io.hf import export_saved_dataset
+
+        return export_saved_dataset(ws, ids, out_path, **kwargs)
+    return export_jsonl(ws, ids, out_path, **kwargs)
 
 
 def export_all(ws: Workspace, out_path: str | os.PathLike, **kwargs) -> dict:
     """Export every sample (the importer's round-trip check)."""
     ids = ws.samples(["sample_id"])["sample_id"].to_numpy()
-    return export_jsonl(ws, ids, out_path, **kwargs)
+    return _write(ws, ids, out_path, **kwargs)
 
 
 def export_selection(ws: Workspace, name: str, out_path: str | os.PathLike,
                      **kwargs) -> dict:
     """Export the rows of the saved selection ``name``."""
     saved = load_selection(ws, name)
-    return export_jsonl(ws, saved["sample_ids"], out_path, selection=saved, **kwargs)
+    return _write(ws, saved["sample_ids"], out_path, selection=saved, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -317,7 +364,11 @@ def register_cli(subparsers) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--selection", metavar="NAME", help="saved selection to export")
     which.add_argument("--all", action="store_true", help="export every row")
-    p.add_argument("--out", required=True, help="output .jsonl file")
+    p.add_argument("--out", required=True,
+                   help="output .jsonl file (with --format hf: a new folder)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
+                   help="jsonl (default) or hf: a Hugging Face datasets save_to_disk folder "
+                        "(load it with datasets.load_from_disk), manifest beside it")
     p.add_argument("--with-scores", metavar="COL,...",
                    help="score columns to add as fields, e.g. ifd,rifd")
     p.add_argument("--write-back-rating", metavar="COLUMN",
@@ -325,10 +376,18 @@ def register_cli(subparsers) -> None:
                         "or ds2_claude_ge_4_5) into a field")
     p.add_argument("--rating-field", help="field name for the curated rating (default "
                                           "COLUMN_curated)")
+    p.add_argument("--reflected", nargs="?", const="", default=None, metavar="NAME",
+                   help="write the recycled version the `reflect` rule kept for each "
+                        "selected sample (teacher run NAME; default: the only one), with a "
+                        "reflection provenance field; samples without one are left out")
+    p.add_argument("--with-tags", action="store_true",
+                   help="add each record's tags (see `tag`) as a `tags` field")
     p.add_argument("--record", action="store_true",
                    help="also keep a copy of the manifest in the workspace's exports/")
     p.add_argument("--force", action="store_true",
                    help="replace OUT and its manifest if they exist")
+    p.add_argument("--allow-contaminated", action="store_true",
+                   help="export rows that `decontaminate` flagged (refused otherwise)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -336,7 +395,9 @@ def _cmd_export(args) -> int:
     ws = Workspace.open(args.workspace)
     scores = [c.strip() for c in (args.with_scores or "").split(",") if c.strip()]
     kwargs = dict(with_scores=scores, write_back_rating=args.write_back_rating,
-                  rating_field=args.rating_field, record=args.record, force=args.force)
+                  rating_field=args.rating_field, record=args.record, force=args.force,
+                  allow_contaminated=args.allow_contaminated, reflected=args.reflected,
+                  format=args.format, with_tags=args.with_tags)
     if args.all:
         manifest = export_all(ws, args.out, **kwargs)
     else:

@@ -19,6 +19,7 @@ from components.audit_view import (audit_map_figure, class_histograms, decision_
                                    evidence_table, flag_rate_figure, flag_rates,
                                    transition_counts)
 from components.heatmap import annotated_heatmap, clicked_cell
+from components.audit_readable import readable_history, show_evidence
 from components.inspector import show_sample
 from components.selection_view import display_subset
 from core import audit
@@ -27,6 +28,10 @@ from core.names import ds2_scores
 from core.scores.simifeat import neighbour_evidence
 from core.workspace import MAP, Workspace
 
+CONFIDENCE_HELP = (
+    "How sure DS2 is that the raw rating is wrong, from 0 to 1: the share of its neighbours' "
+    "similarity-weighted votes that go to the suggested rating, times the share of DS2's "
+    "rounds that flagged this sample. The queue shows the most confident flags first.")
 SMALL_MAP_POINTS = 5_000  # the small map draws a fixed random subset (plus this sample)
 
 
@@ -81,8 +86,10 @@ def _filters_changed() -> None:
 def no_ds2_message(ws: Workspace) -> None:
     st.info(
         "No DS2 scores in this workspace yet. DS2 needs a rating column (an LLM's rating of "
-        "each sample) and the neighbours graph. Run it on the **Data** page (DS2 curation), "
+        "each sample) and the neighbours graph. Run it on the Data page (DS2 curation), "
         "or from a terminal:")
+    st.page_link("pages/data.py", label="Run DS2 on the Data page",
+                 icon=":material/upload_file:")
     st.code(f"python -m core curate --workspace {ws.root} --rating-column COLUMN",
             language="bash")
 
@@ -225,6 +232,8 @@ def main() -> None:
     with c3:
         st.markdown("**Latest decisions**")
         history = decision_history(audit.log_frame(entries, column))
+        if not history.empty:
+            history = readable_history(history)
         if history.empty:
             st.caption("No decisions yet. They are kept in audit.jsonl in the workspace.")
         else:
@@ -243,7 +252,7 @@ def sample_panel(ws: Workspace, ds2: pd.DataFrame, frame: pd.DataFrame,
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Raw rating", old)
     m2.metric("Suggested", suggested)
-    m3.metric("Confidence", f"{float(row['confidence']):.2f}")
+    m3.metric("Confidence", f"{float(row['confidence']):.2f}", help=CONFIDENCE_HELP)
     decided = log_state.rating(sid, column)
     m4.metric("Status", status if decided is None else f"{status} → {decided}")
 
@@ -287,11 +296,10 @@ def sample_panel(ws: Workspace, ds2: pd.DataFrame, frame: pd.DataFrame,
                + " (DS2 votes by similarity)")
     ev_left, ev_right = st.columns([3, 2])
     decisions = {s: log_state.rating(s, column) for s in near["neighbour_id"].astype(int)}
-    ev_left.dataframe(evidence_table(near, frame, {k: v for k, v in decisions.items()
-                                                   if v is not None}),
-                      hide_index=True, height=300,
-                      column_config={"similarity": st.column_config.NumberColumn(
-                          format="%.3f")})
+    evidence = evidence_table(near, frame, {k: v for k, v in decisions.items()
+                                            if v is not None})
+    with ev_left:
+        show_evidence(evidence, frame)
     if has_map:
         rows = display_subset(len(frame), SMALL_MAP_POINTS)
         wanted = frame["sample_id"].isin([sid, *near["neighbour_id"].tolist()]).to_numpy()

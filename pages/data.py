@@ -14,11 +14,14 @@ import pandas as pd
 import streamlit as st
 
 from components import state
+from components.next_steps import ds2_next_step
+from components.import_feedback import (form_expanded, forget_result_of_other_files,
+                                        show_import_error)
 from components.messages import plain, show_caption, show_error, show_info, show_success
 from core.errors import InputError
 from core.paths import MAX_NAME, NAME_RULE, child_path, is_valid_name, show_name, suggest_name
 
-IMPORT_TYPES = ["json", "jsonl", "gz", "csv", "tsv", "parquet", "pq"]
+IMPORT_TYPES = ["json", "jsonl", "gz", "csv", "tsv", "parquet", "pq", "arrow", "feather"]
 CPU_IFD_ROWS_PER_S = 3.0  # SmolLM2-135M on 2 CPU cores, max_length 512 (measured)
 LAST_IMPORT = "data_last_import"
 LM_CHUNK = 64  # rows per resumable chunk for the LM steps
@@ -35,12 +38,16 @@ def import_section() -> None:
     how = st.radio("Source", ["Upload", "Path on this machine"], horizontal=True,
                    key="data_source", label_visibility="collapsed")
     path: Path | None = None
+    uploaded_name = None
     if how == "Upload":
-        upload = st.file_uploader("Alpaca JSON/JSONL, ShareGPT, OpenAI messages, CSV or "
-                                  "Parquet (optionally .gz)", type=IMPORT_TYPES,
+        upload = st.file_uploader("Alpaca JSON/JSONL, ShareGPT, OpenAI messages, CSV, "
+                                  "Parquet (optionally .gz) or an Arrow file (Hugging Face "
+                                  "datasets; a save_to_disk folder: give its path)",
+                                  type=IMPORT_TYPES,
                                   key="data_upload")
         if upload is not None:
             path = store_upload(workspaces_dir(), upload.name, upload.getbuffer())
+            uploaded_name = f"{upload.name} (uploaded)"
     else:
         text = st.text_input("File or folder path", key="data_path",
                              placeholder="/data/my_dataset.jsonl.gz")
@@ -60,6 +67,7 @@ def import_section() -> None:
     name = c5.text_input("Workspace name", value=default_name, key=f"data_ws_{default_name}")
     overwrite = c6.checkbox("Replace an existing workspace", key="data_overwrite")
 
+    forget_result_of_other_files(path, LAST_IMPORT)
     if path is None:
         return
     try:
@@ -74,7 +82,7 @@ def import_section() -> None:
         try:
             result = read_datasets([path], **options)
         except InputError as err:
-            show_error(err)
+            show_import_error(err, path, LAST_IMPORT, uploaded_name)
         else:
             st.session_state[LAST_IMPORT] = _summary(result, None)
     if b2.button("Import", type="primary", key="data_import", disabled=not name):
@@ -87,7 +95,7 @@ def import_section() -> None:
             with st.spinner("Reading and normalising…"):
                 ws, result = import_to_workspace([path], root, overwrite=overwrite, **options)
         except InputError as err:
-            show_error(err)
+            show_import_error(err, path, LAST_IMPORT, uploaded_name)
         else:
             state.set_workspace(ws.root)
             st.session_state[LAST_IMPORT] = _summary(result, str(ws.root))
@@ -98,7 +106,8 @@ def _split_suffix(name: str) -> tuple[str, str]:
     """``my data.jsonl.gz`` → (``my data``, ``.jsonl.gz``): the dataset suffixes, kept
     apart so a shortened or cleaned name still reads as the same format."""
     stem = name
-    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq"):
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq", ".arrow",
+                   ".feather"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     return stem, name[len(stem):].lower()
@@ -222,8 +231,10 @@ def ifd_step(ws) -> None:
                            help="A random sample (seed 0); a larger size later extends it")
     max_length = c2.number_input("Max tokens", 32, 4096, 512, step=64, key="ifd_max_length")
     template = c3.selectbox("Prompt template", TEMPLATES, key="ifd_template",
-                            help="none = plain text (default); alpaca = the Alpaca prompt; "
-                                 "chat = the model's chat template")
+                            help="none = plain text (default, Superfiltering); alpaca = the "
+                                 "Alpaca prompt (Cherry); wiz = WizardLM's (Cherry, "
+                                 "Reflection-Tuning); vicuna = Vicuna's (Reflection-Tuning); "
+                                 "chat = the model's chat template. r-IFD uses it too.")
     reverse = c4.checkbox("Also r-IFD", key="ifd_reverse",
                           help="Reverse IFD (Selective Reflection-Tuning): about twice the time")
     dtype = c4.selectbox("Precision", ["auto", "bfloat16"], key="ifd_dtype",
@@ -241,7 +252,7 @@ def ifd_step(ws) -> None:
     ids = ws.pick_sample_ids(sample=int(size)).tolist()
     # small chunks: a cancel or a reload loses at most one chunk (~20 s on CPU)
     kwargs = dict(ws=ws, template=template, max_length=int(max_length), dtype=dtype,
-                  chunk_size=LM_CHUNK)
+                  chunk_size=LM_CHUNK, model=_scoring_model_choice(ws, box))
     b1, b2 = box.columns(2)
     if b1.button("Measure speed on 4 rows", key="ifd_measure"):
         from core.scores.ifd import run_ifd
@@ -261,6 +272,20 @@ def ifd_step(ws) -> None:
             if state.run_step("IFD", "ifd", run_ifd, sample_ids=ids, with_reverse=reverse,
                               force=_force(), **kwargs) is not None:
                 st.rerun()
+
+
+def _scoring_model_choice(ws, box):
+    """None (the default SmolLM2) or "brief" when the workspace has Cherry's brief model
+    (`python -m core brief-model`); the choice is offered only then."""
+    from core.lm.models import BRIEF_MODEL_DIR, BRIEF_MODEL_NAME
+
+    if not ws.path(BRIEF_MODEL_DIR, "config.json").is_file():
+        return None
+    return box.radio("Scoring model", [None, BRIEF_MODEL_NAME], horizontal=True,
+                     key="ifd_model", format_func=lambda m: "SmolLM2-135M (default)"
+                     if m is None else "Cherry's brief model (models/brief)",
+                     help="The brief model is the scoring LM fine-tuned on ~1,000 picked "
+                          "samples of this workspace (Cherry v1); its scores record it")
 
 
 def precomputed_notice(ws, box) -> None:
@@ -325,6 +350,29 @@ def recost_step(ws) -> None:
                 st.rerun()
 
 
+def ds2_variant(box) -> dict:
+    """The DS2 reference variants, as ``curate --self-vote --detector --min-confidence``."""
+    from core.scores.simifeat import DETECTORS
+
+    with box.expander("Reference variants (DS2 repository options)"):
+        v1, v2, v3 = st.columns(3)
+        detector = v1.selectbox(
+            "Detector", DETECTORS, key="ds2_detector",
+            help="rank: the paper's SimiFeat-rank, flags each class's expected noisy share "
+                 "(from the estimated transition matrix). mv: flags a rating whenever its "
+                 "neighbours' majority disagrees.")
+        self_vote = v2.checkbox(
+            "Self-vote", key="ds2_self_vote",
+            help="The reference's variant: each sample votes for its own rating too, with a "
+                 "weight from its two nearest neighbours, beside k − 1 neighbours.")
+        min_confidence = v3.number_input(
+            "Min confidence", 0.0, 1.0, 0.5, 0.05, key="ds2_min_confidence",
+            help="A flagged rating is replaced by its suggestion only when the confidence "
+                 "(vote share of the suggestion × how often it was flagged) reaches this.")
+    return {"detector": detector, "self_vote": bool(self_vote),
+            "min_confidence": float(min_confidence)}
+
+
 def ds2_step(ws) -> None:
     from core.names import ds2_score_name, ds2_scores
     from core.scores.ratings import SCALES
@@ -339,6 +387,7 @@ def ds2_step(ws) -> None:
         box.caption("DS2 curation: not run yet")
     c1, c2, c3 = box.columns(3)
     source = c1.radio("Ratings", ["a column", "a rater"], key="ds2_source", horizontal=True)
+    variant = ds2_variant(box)
     if source == "a column":
         if not columns:
             box.caption("No numeric column in the samples: rate them with a rater.")
@@ -351,7 +400,7 @@ def ds2_step(ws) -> None:
             with box:
                 if state.run_step("DS2", "ds2", run_curate, ws=ws, rating_column=column,
                                   scale=None if scale == "auto" else scale,
-                                  force=_force()) is not None:
+                                  force=_force(), **variant) is not None:
                     st.rerun()
         show_caption(f"writes scores/{ds2_score_name(column)}.parquet", box)
         return
@@ -382,7 +431,7 @@ def ds2_step(ws) -> None:
             if done is None:
                 return
             if state.run_step("DS2", "ds2", run_curate, ws=ws, rater=rater,
-                              force=_force()) is not None:
+                              force=_force(), **variant) is not None:
                 st.rerun()
 
 
@@ -390,7 +439,7 @@ def ds2_step(ws) -> None:
 state.ensure_shell()
 st.title("Data")
 ws = state.current_workspace()
-with st.expander("Import a file", expanded=ws is None):
+with st.expander("Import a file", expanded=form_expanded(ws is None)):
     import_section()
 show_import_result(st.session_state.get(LAST_IMPORT))  # outside: seen after the import
 if ws is None:
@@ -406,3 +455,4 @@ base_steps(ws)
 ifd_step(ws)
 recost_step(ws)
 ds2_step(ws)
+ds2_next_step(ws)

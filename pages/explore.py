@@ -8,11 +8,15 @@ from components import state
 from components.messages import show_caption, show_warning
 from components.histogram import score_histogram
 from components.inspector import search_samples, selection_table, show_sample
-from components.map import colour_columns, colour_label, map_figure, selected_ids
+from components.colouring import offered_columns
+from components.explore_selection import (TABLE_SELECTION_MODES, clear_selection,
+                                          clicked_position, current_selection,
+                                          inspected_sample, map_key, open_sample,
+                                          remember_selection)
+from components.map import colour_columns, colour_label, map_figure
 from components.pool import pool
+from components.bulk_actions import bulk_actions, with_tag_columns
 
-SELECTED = "explore_selected_ids"  # sample_ids picked on the map (tests set it directly)
-MAP_KEY = "explore_map"
 HOVER_TEXT_LIMIT = 20_000  # above this, hover labels show numbers only (a 6 MB figure at 50k)
 
 state.ensure_shell()
@@ -23,7 +27,7 @@ if ws is None:
     st.page_link("pages/data.py", label="Go to Data", icon=":material/upload_file:")
     st.stop()
 
-frame = pool(ws)
+frame = with_tag_columns(ws, pool(ws))  # tags.<name> columns: a "Colour by" choice
 if frame["x"].isna().all():
     st.title("Explore")
     st.info("This workspace has no map yet: run embeddings, neighbours and the map on the "
@@ -32,25 +36,22 @@ if frame["x"].isna().all():
     st.stop()
 
 st.title("Explore")
-columns = colour_columns(frame)
-score_cols = [c for c in columns if c != "cluster"]
+all_columns = colour_columns(frame)
 titles = ws.cluster_titles()
 
-
-def _remember_selection() -> None:
-    event = st.session_state.get(MAP_KEY)
-    points = event.selection.points if event is not None else []
-    st.session_state[SELECTED] = selected_ids(points)
-
-
 left, mid, right = st.columns([2, 3, 1])
+regex = right.checkbox("Regex", key="explore_regex")
+show_titles = right.checkbox("Titles", value=True, key="explore_titles")
+show_internal = right.checkbox("Internal columns", key="explore_internal",
+                               help="Also offer bookkeeping columns such as IFD's two losses, "
+                                    "token counts and truncation flags.")
+columns = offered_columns(all_columns, show_internal)
+score_cols = [c for c in columns if c != "cluster"]
 colour = left.selectbox("Colour by", [None, *columns], key="explore_colour",
                         format_func=lambda c: "nothing" if c is None else colour_label(c),
                         index=1 if columns else 0)
 query = mid.text_input("Search instruction, input and output", key="explore_search",
                        placeholder="substring, or a regular expression")
-regex = right.checkbox("Regex", key="explore_regex")
-show_titles = right.checkbox("Titles", value=True, key="explore_titles")
 
 if colour is not None and "." in colour:
     from core.demo import precomputed_note
@@ -66,17 +67,25 @@ matches = frame.loc[mask, "sample_id"].tolist() if query and not problem else No
 if matches is not None:
     st.caption(f"{len(matches):,} of {len(frame):,} samples match")
 
+known = set(frame["sample_id"].tolist())
+chosen = current_selection(known)
+inspect_ids = chosen or (matches[:5000] if matches else [])
+inspected = inspected_sample(inspect_ids)
 hover_text = len(frame) <= HOVER_TEXT_LIMIT
 fig = map_figure(frame, colour, highlight=matches, titles=titles, show_titles=show_titles,
-                 revision=str(ws.root), hover_text=hover_text)
+                 revision=str(ws.root), hover_text=hover_text, selected=chosen,
+                 inspected=inspected)
 if not hover_text:
     st.caption(f"{len(frame):,} points: hover shows ids and scores only, to keep the map fast; "
                "select points to read them below.")
-st.plotly_chart(fig, key=MAP_KEY, on_select=_remember_selection,
+st.plotly_chart(fig, key=map_key(), on_select=remember_selection,
                 selection_mode=("lasso", "box", "points"), config={"displaylogo": False})
+if chosen:
+    st.button(f"Clear selection ({len(chosen):,})", key="explore_clear",
+              on_click=clear_selection,
+              help="Clears it on the map, the histogram and the table alike.")
+bulk_actions(ws, chosen or matches or [], "selected" if chosen else "matching")
 
-known = set(frame["sample_id"].tolist())
-chosen = [i for i in st.session_state.get(SELECTED, []) if i in known]
 if colour is not None:
     subset, subset_name = ((chosen, "selected") if chosen else (matches, "matches"))
     st.plotly_chart(score_histogram(frame, colour, subset, subset_name=subset_name),
@@ -91,14 +100,20 @@ def inspector(ids: list[int]) -> None:
                    "a search alone inspects its matches.")
         return
     table = selection_table(frame, ids, score_cols)
-    st.caption(f"{len(table):,} samples · pick a row to read it in full")
+    st.caption(f"{len(table):,} samples · click a row to read it in full (ringed on the map)")
     event = st.dataframe(table, key="inspector_table", on_select="rerun",
-                         selection_mode="single-row", hide_index=True,
+                         selection_mode=TABLE_SELECTION_MODES, hide_index=True,
                          height=min(300, 35 * (len(table) + 1) + 3))
-    rows = event.selection.rows if event is not None else []
-    position = rows[0] if rows else 0
-    sample_id = int(table["sample_id"].iloc[position])
+    sample_id = inspected_sample(table["sample_id"].tolist())
+    position = clicked_position(event)
+    if position is not None and position < len(table):
+        picked = int(table["sample_id"].iloc[position])
+        if picked != sample_id:
+            open_sample(picked)
     show_sample(frame.loc[frame["sample_id"] == sample_id].iloc[0], score_cols)
 
 
-inspector(chosen or (matches[:5000] if matches else []))
+inspector(inspect_ids)
+
+from components.groups import group_view  # noqa: E402 - near-duplicates, eval overlap
+group_view(ws, inspected_sample(inspect_ids))

@@ -19,6 +19,7 @@ import streamlit as st
 from components import state
 from components.messages import plain, show_caption, show_error, show_success
 from components.pool import embeddings, pool
+from components.select_defaults import follow_default, may_replace, synced_percent, useful_cap
 from components.inspector import selection_table, show_sample
 from components.map import colour_label, selected_ids
 from components.selection_view import (budget_map, cluster_retention, default_split,
@@ -32,11 +33,17 @@ from core.workspace import Workspace
 
 POLICIES = {
     "ds2": "DS2 dual sort (curated rating, audit decisions, long tail)",
-    "ifd": "IFD top-k (Cherry / Superfiltering)",
+    "ifd": "IFD top-k, free-form (your column, filter and base)",
     "reflection": "Reflection (IFD < 1 and r-IFD < 1)",
     "recost": "RECOST diversity-consistent sampling",
     "threshold": "Thresholds only",
 }
+# the papers' presets and the baselines by paper name: option -> core.select.named_ranking
+# (the free-form "reflection" policy keeps its option name)
+NAMED = {("reflection-tuning" if n == "reflection" else n): n
+         for n in [*select.PRESETS, *select.BASELINES]}
+NAMED_INFO = {option: (select.PRESETS.get(name) or select.BASELINES[name])[1:]
+              for option, name in NAMED.items()}  # option -> (paper, one line)
 DS2_BOOKKEEPING = (".rating_class", ".flagged", ".suggested", ".noisy_avg")
 
 
@@ -63,19 +70,24 @@ def policy_controls(ws: Workspace, frame: pd.DataFrame, scores: list[str]
                     ) -> tuple[select.Step | None, list[str], str]:
     """The policy picker and its options: (ranking step, columns it ranks by, policy)."""
     ifd_cols = columns_ending(scores, "ifd") + columns_ending(scores, "ifd_ppl")
-    rifd_cols = columns_ending(scores, "rifd") + columns_ending(scores, "rifd_ppl")
     recost_cols = [c for c in scores if "recost" in c.split(".", 1)[1]]
     ds2_columns = ds2_scores(ws)  # DS2 score name -> exact rating column (core.names)
     available = {"ds2": bool(ds2_columns), "ifd": bool(ifd_cols),
                  "reflection": bool(columns_ending(scores, "ifd") and
                                     columns_ending(scores, "rifd")),
-                 "recost": bool(recost_cols), "threshold": True}
-    options = [p for p in POLICIES if available[p]]
-    missing = [POLICIES[p].split(" (")[0] for p in POLICIES if not available[p]]
-    policy = st.radio("Policy", options, format_func=POLICIES.get, key="sel_policy")
+                 "recost": bool(recost_cols), "threshold": True,
+                 **named_available(ws, frame)}
+    labels = {**POLICIES, **{o: f"{paper} — preset" if NAMED[o] in select.PRESETS
+                             else f"{paper} — baseline" for o, (paper, _) in NAMED_INFO.items()}}
+    options = [p for p in labels if available[p]]
+    missing = [labels[p].split(" (")[0] for p in labels if not available[p]]
+    policy = st.radio("Policy", options, format_func=labels.get, key="sel_policy",
+                      captions=[NAMED_INFO[o][1] if o in NAMED_INFO else "" for o in options])
     if missing:
         st.caption("Not available until their scores exist: " + ", ".join(missing) +
                    " (score on the Data page or with `python -m core`).")
+    if policy in NAMED:
+        return named_controls(frame, policy)
     if policy == "ds2":
         name = st.selectbox("Rating", list(ds2_columns), key="sel_ds2",
                             format_func=ds2_columns.get)
@@ -108,6 +120,36 @@ def policy_controls(ws: Workspace, frame: pd.DataFrame, scores: list[str]
     return select.ScoreRanking(rank, True), [rank], policy
 
 
+def named_available(ws: Workspace, frame: pd.DataFrame) -> dict[str, bool]:
+    """Which presets and baselines this workspace has the columns (and embeddings) for."""
+    rankings = {o: select.named_ranking(n) for o, n in NAMED.items()}
+    return {o: all(c in frame and frame[c].notna().any() for c in r.columns()) and
+            (not r.needs_embeddings() or ws.exists("embeddings.npy")) for o, r in rankings.items()}
+
+
+def named_controls(frame: pd.DataFrame, option: str) -> tuple[select.Step, list[str], str]:
+    """A paper's preset or a baseline (``core.select.named_ranking``) and its few options."""
+    name, ifd_num, seed = NAMED[option], None, 0
+    if name == "superfiltering-d":
+        ifd_num = int(st.number_input("Facility location over the top N by IFD_ppl (ifd_num)",
+                                      1, max(len(frame), 1), max(1, len(frame) // 5),
+                                      key="sel_sfd_ifd_num"))
+    elif name in ("random", "kcenter"):
+        seed = int(st.number_input("Seed", 0, 2**32 - 1, 0, key="sel_seed"))
+    elif name == "reflection":
+        st.warning(f"{select.ReflectionFilter.NOTE}. The budget is not used: the script keeps "
+                   "every row that passes.")
+    if name in select.PRESETS:
+        st.caption({"cherry": "The share is of the rows Cherry keeps (ifd ≤ 1, not truncated).",
+                    "superfiltering": "The share is of all rows.",
+                    "superfiltering-d": "The budget is fla_num, picked among the top ifd_num "
+                                        "(the script's defaults: 2 % and 20 % of the rows)."
+                    }.get(name, "") + " Equals the reference script when the filters are off.")
+    ranked = {"cherry": ["ifd.ifd"], "reflection": ["ifd.ifd_ppl", "rifd.rifd_ppl"]}.get(
+        name, ["ifd.ifd_ppl"] if name.startswith("superfiltering") else [])
+    return select.named_ranking(name, ifd_num=ifd_num, seed=seed), ranked, option
+
+
 def budget_controls(frame: pd.DataFrame, has_map: bool) -> select.Budget:
     mode = st.radio("Budget", ["ratio", "rows", "all"], horizontal=True, key="sel_budget_mode",
                     format_func={"ratio": "share of rows", "rows": "number of rows",
@@ -115,8 +157,7 @@ def budget_controls(frame: pd.DataFrame, has_map: bool) -> select.Budget:
     n = ratio = None
     ratio_of = "all"
     if mode == "ratio":
-        pct = st.slider("Keep (% of all rows)", 0.5, 100.0, 10.0, 0.5, key="sel_ratio",
-                        format="%.1f%%")
+        pct = synced_percent("Keep (% of all rows)", "sel_ratio", 0.5, 100.0, 10.0, 0.5)
         ratio = round(pct / 100.0, 6)
     elif mode == "rows":
         n = int(st.number_input("Rows to keep", 0, len(frame), min(1000, len(frame)),
@@ -129,8 +170,12 @@ def budget_controls(frame: pd.DataFrame, has_map: bool) -> select.Budget:
                          format_func={"none": "no cluster rule", "cap": "cap per cluster",
                                       "stratified": "proportional to cluster size"}.get)
         if cover == "cap":
+            kept = n if n is not None else round((ratio or 0) * len(frame))
+            clusters = int(frame["cluster"].nunique()) if "cluster" in frame else 0
             cap = int(st.number_input("At most per cluster", 1, len(frame),
-                                      max(1, len(frame) // 50), key="sel_cap"))
+                                      useful_cap(kept, clusters), key="sel_cap",
+                                      help="Starts at the average kept rows per cluster, "
+                                           "so the largest clusters are cut"))
         stratified = cover == "stratified"
     return select.Budget(n=n, ratio=ratio, ratio_of=ratio_of, per_cluster_cap=cap,
                          stratified=stratified)
@@ -315,14 +360,16 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
     save_col, diff_col = st.columns(2)
     with save_col:
         st.markdown("**Save this selection**")
-        name = st.text_input("Name", value=f"{recipe.ranking.kind}-{len(selection.sample_ids)}",
-                             key="sel_name", help=NAME_RULE)
+        follow_default("sel_name", f"{recipe.ranking.kind}-{len(selection.sample_ids)}")
+        name = st.text_input("Name", key="sel_name", help=NAME_RULE)
         replace = st.checkbox(f"Replace selection {name}", key=f"sel_replace::{name}",
                               help="A selection of this name is saved already; without "
                                    "this, Save stops and keeps it") \
             if is_valid_name(name) and name in saved else False
         if st.button("Save selection", key="sel_save", type="primary") and \
-                name_ok(name, "selection name"):
+                name_ok(name, "selection name") and \
+                may_replace(name in saved, replace, f"Replace selection {name}",
+                            f"Selection {name}"):
             try:
                 final = select.run_selection(ws, recipe, name=name)
                 path = select.save_selection(ws, name, final, force=replace)
@@ -380,7 +427,9 @@ def save_compare_export(ws: Workspace, recipe: select.Recipe, selection: select.
                           help="It exists already; without this, Export stops and keeps it",
                           ) if out is not None and out.exists() else False
     if st.button(f"Export {len(selection.sample_ids):,} samples", key="sel_export") and \
-            name_ok(export_name, "export name"):
+            name_ok(export_name, "export name") and \
+            may_replace(out.exists(), replace, f"Replace exports/{out.name}",
+                        f"exports/{out.name}"):
         from core.export import export_jsonl, manifest_path
 
         record = selection.to_dict()

@@ -19,9 +19,17 @@ ALPACA_WITH_INPUT = (
 ALPACA_WITHOUT_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+WIZARD_WITH_INPUT = "{instruction}\n{input}\n\n### Response:"
+WIZARD_WITHOUT_INPUT = "{instruction}\n\n### Response:"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's "
+                 "questions.")
+VICUNA_WITH_INPUT = VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:"
+VICUNA_WITHOUT_INPUT = VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:"
+# Reflection-Tuning's reversed instruction, without any template around it.
 REVERSED = ("Below is the response to an instruction, please guess the corresponding "
             "instruction for the given response.\n{answer}\nGenerate the instruction for the "
-            "above response.\n")
+            "above response.")
 
 
 def start_id(tokenizer) -> int:
@@ -40,6 +48,14 @@ def prompt_for(template: str, instruction: str, input: str, tokenizer) -> str:
         if input.strip():
             return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
         return ALPACA_WITHOUT_INPUT.format(instruction=instruction)
+    if template == "wiz":
+        if input.strip():
+            return WIZARD_WITH_INPUT.format(instruction=instruction, input=input)
+        return WIZARD_WITHOUT_INPUT.format(instruction=instruction)
+    if template == "vicuna":
+        if input.strip():
+            return VICUNA_WITH_INPUT.format(instruction=instruction, input=input)
+        return VICUNA_WITHOUT_INPUT.format(instruction=instruction)
     user = instruction + ("\n" + input if input.strip() else "")
     return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                          add_generation_prompt=True)
@@ -48,8 +64,10 @@ def prompt_for(template: str, instruction: str, input: str, tokenizer) -> str:
 def direct_prefix_for(template: str, tokenizer) -> str:
     if template == "none":
         return ""
-    if template == "alpaca":
+    if template in ("alpaca", "wiz"):
         return "### Response:"
+    if template == "vicuna":
+        return "ASSISTANT:"
     # the chat template's generation prompt: render with and without it, keep the difference
     msgs = [{"role": "user", "content": "y"}]
     a = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -102,14 +120,17 @@ def ifd_one(model, tokenizer, instruction: str, input: str, output: str, templat
 
 
 def rifd_one(model, tokenizer, instruction: str, input: str, output: str,
-             max_length: int) -> dict:
-    q = instruction + ("\n" + input if input.strip() else "")
+             max_length: int, template: str = "none") -> dict:
+    """Reflection-Tuning's data_analysis.py: the reversed instruction rendered as a template's
+    no-input prompt, then instruction + input glued together."""
+    q = instruction + (input if input.strip() else "")
     answer = output
     answer_tokens = ids_of(tokenizer, output)
     keep = len(answer_tokens)
     cut = False
     while True:
-        p, qi = answer_ids(tokenizer, REVERSED.format(answer=answer), q)
+        reversed_prompt = prompt_for(template, REVERSED.format(answer=answer), "", tokenizer)
+        p, qi = answer_ids(tokenizer, reversed_prompt, q)
         if len(begin(tokenizer, p)) + len(qi) <= max_length:
             break
         if keep == 0:

@@ -3,6 +3,7 @@ they belong to its samples, equal to a fresh computation, and announced in the a
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -97,7 +98,11 @@ def test_shipped_demo_scores_cover_the_demo_and_match_the_reference(alpaca_ws):
     samples = ws.samples().set_index("sample_id")
     ifd, rifd = ws.read_score("ifd").set_index("sample_id"), \
         ws.read_score("rifd").set_index("sample_id")
-    picked = ifd.index[np.isfinite(ifd["ifd"])][[0, 1000, 5000, 9000]]
+    finite = np.isfinite(ifd["ifd"]).to_numpy()
+    has_input = (samples.loc[ifd.index, "input"].fillna("").str.strip() != "").to_numpy()
+    # rows without and with an input: r-IFD glues instruction and input together (§2)
+    picked = ifd.index[finite & ~has_input][[0, 1000, 4000]].append(
+        ifd.index[finite & has_input][[0, 2000]])
     for i in picked:
         row = samples.loc[i]
         want = ref.ifd_one(lm.model, lm.tokenizer, row["instruction"], row["input"],
@@ -139,3 +144,85 @@ def test_data_page_says_scores_were_precomputed_and_recomputes(fixture_ws, tmp_p
     assert after.read_score("ifd")["sample_id"].tolist() == before["sample_id"].tolist()
     np.testing.assert_allclose(after.read_score("ifd")["ifd"], before["ifd"], rtol=1e-4)
     assert not [i for i in at.info if i.value.startswith("Precomputed for this demo")]
+
+
+# ----- DS2 on the demo's real Claude rating (issue 15 item 7) ------------------------------
+DS2_SHIPPED = "ds2_claude_ge_4_5"
+
+
+def test_shipped_demo_ds2_is_the_curation_of_the_real_ratings(alpaca_ws):
+    """The committed DS2 file covers every demo row, its classes are the workspace's own
+    ``claude_ge_4_5`` ratings, its curated column follows DS2's rule from its own columns,
+    and it names its inputs (samples and the kNN graph) and the command that recomputes it."""
+    from core.scores.ratings import to_classes
+
+    meta = read_json(SHIPPED / f"{DS2_SHIPPED}.json")
+    frame = pd.read_parquet(SHIPPED / f"{DS2_SHIPPED}.parquet")
+    samples = alpaca_ws.samples(["sample_id", "source_row", "claude_ge_4_5"])
+    assert len(frame) == meta["rows"] == len(alpaca_ws) == 9229
+    assert frame["sample_id"].tolist() == samples["sample_id"].tolist()
+    classes, _ = to_classes(samples["claude_ge_4_5"], None, field="claude_ge_4_5",
+                            rows=samples["source_row"].to_numpy())
+    np.testing.assert_array_equal(frame["rating_class"], classes)
+    params = meta["params"]
+    assert (params["detector"], params["self_vote"], params["min_confidence"]) == \
+        ("rank", False, 0.5)
+    change = frame["flagged"] & (frame["confidence"] >= params["min_confidence"])
+    np.testing.assert_array_equal(frame["curated"],
+                                  np.where(change, frame["suggested"], frame["rating_class"]))
+    assert meta["changed"] == int(change.sum()) > 0
+    inputs = meta["precomputed"]["input_files"]
+    assert inputs["samples.parquet"] == alpaca_ws.samples_fingerprint()
+    assert set(inputs) == {"samples.parquet", "knn.npz"}
+    assert meta["precomputed"]["command"] == (
+        "python -m core curate --workspace workspaces/demo-alpaca --rating-column claude_ge_4_5")
+    note = demo.precomputed_note(meta)
+    assert note.startswith("Precomputed for this demo (9,229 rows") and "curate" in note
+    # without the kNN graph it was computed from, the copy is refused
+    demo._copy_demo_scores("alpaca", alpaca_ws)
+    assert DS2_SHIPPED not in alpaca_ws.score_names()
+
+
+@pytest.mark.slow  # builds a 240-row demo twice: embeddings, kNN, map, DS2
+def test_demo_build_opens_with_ds2_and_uses_the_shipped_copy(data_dir, tmp_path, monkeypatch):
+    """``build_demo`` ends with DS2 curated on the rating column, so the Audit page has its
+    queue at once; a shipped DS2 whose samples and kNN graph match is copied and then is a
+    cache hit, not recomputed; one computed from another graph is not copied."""
+    import gzip
+
+    from real_rows import first_rows
+
+    rows = first_rows(data_dir / "alpaca_random_9k.jsonl.gz", 240)
+    small = tmp_path / "data"
+    small.mkdir()
+    with gzip.open(small / "alpaca_random_9k.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    monkeypatch.setenv("CHERRYPICK_DATA", str(small))
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(demo, "shipped_scores_dir", lambda name="alpaca": shipped)
+
+    first = demo.build_demo("alpaca", root=tmp_path / "one")
+    made = first.score_meta(DS2_SHIPPED)
+    assert made is not None and made["rows"] == 240 and "precomputed" not in made
+    demo.ship_scores(first, scores=[DS2_SHIPPED])
+
+    second = demo.build_demo("alpaca", root=tmp_path / "two")
+    copied = second.score_meta(DS2_SHIPPED)
+    assert copied["precomputed"]["input_files"]["knn.npz"] == second.fingerprint("knn.npz")
+    assert copied["created"] == made["created"]  # the copy, not a new computation
+    assert second.read_score(DS2_SHIPPED).equals(first.read_score(DS2_SHIPPED))
+
+    meta = read_json(shipped / f"{DS2_SHIPPED}.json")
+    meta["precomputed"]["input_files"]["knn.npz"] = "another-graph"
+    (shipped / f"{DS2_SHIPPED}.json").write_text(json.dumps(meta))
+    third = demo.build_demo("alpaca", root=tmp_path / "three")
+    assert "precomputed" not in third.score_meta(DS2_SHIPPED)  # computed here instead
+
+    monkeypatch.setenv("CHERRYPICK_WORKSPACE", str(second.root))
+    monkeypatch.setenv("CHERRYPICK_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception, at.exception
+    assert not [i for i in at.info if "No DS2 scores" in i.value]
+    assert at.dataframe  # the queue

@@ -77,7 +77,7 @@ def _close(a: float, b: float) -> bool:
 
 # ----- IFD vs the reference -------------------------------------------------------------------
 @pytest.mark.lm
-@pytest.mark.parametrize("template", ["none", "alpaca", "chat"])
+@pytest.mark.parametrize("template", ["none", "alpaca", "wiz", "vicuna", "chat"])
 def test_ifd_matches_per_sample_reference(lm, rows40, template):
     got = ifd.ifd_scores(lm, *_columns(rows40), template=template, max_length=MAX_LEN,
                          token_budget=1024)
@@ -103,18 +103,52 @@ def test_batching_does_not_change_scores(lm, rows40):
 
 
 @pytest.mark.lm
-def test_rifd_matches_reference(lm, rows40):
-    rows = rows40[:4] + rows40[10:14] + rows40[20:22] + rows40[30:32]
-    got = ifd.rifd_scores(lm, *_columns(rows), max_length=96)
+@pytest.mark.parametrize("template", ["none", "wiz", "vicuna"])
+def test_rifd_matches_reference(lm, rows40, template):
+    rows = rows40[:4] + rows40[10:14] + rows40[20:24] + rows40[30:32]
+    got = ifd.rifd_scores(lm, *_columns(rows), max_length=160, template=template)
     assert got["reverse_truncated"].any()
     for i, r in enumerate(rows):
         want = ref.rifd_one(lm.model, lm.tokenizer, r["instruction"], r["input"], r["output"],
-                            96)
+                            160, template)
         row = got.iloc[i]
         assert row["instruction_tokens"] == want["instruction_tokens"]
         assert bool(row["reverse_truncated"]) == want["reverse_truncated"]
         for col in ("loss_reverse_conditioned", "loss_reverse_direct", "rifd", "rifd_ppl"):
-            assert _close(row[col], want[col]), (i, col, row[col], want[col])
+            assert _close(row[col], want[col]), (template, i, col, row[col], want[col])
+
+
+def test_rifd_prompt_is_the_template_then_instruction_and_input_glued(monkeypatch):
+    """The model reads R through the template, then instruction + input with no separator
+    (Reflection-Tuning's data_analysis.py), for a row with an input."""
+    read = {}
+
+    def fake_split(tok, prompt, target):
+        read["prompt"], read["target"] = prompt, target
+        return [5, 6], [7, 8], False
+
+    monkeypatch.setattr(ifd, "split_prompt_answer", fake_split)
+    ifd._rifd_pair(None, 1, ifd.reverse_target("Sort these", "b, a"), "a, b", 512, "vicuna")
+    reversed_instruction = ref.REVERSED.format(answer="a, b")
+    assert read["prompt"] == ref.VICUNA_WITHOUT_INPUT.format(instruction=reversed_instruction)
+    assert read["prompt"].endswith("above response. ASSISTANT:")
+    assert read["target"] == "Sort theseb, a"
+    assert ifd.reverse_prompt("a, b") == reversed_instruction + "\n"  # template none
+    assert ifd.reverse_target("Sort these", "  ") == "Sort these"  # blank input: none
+
+
+def test_text_templates_are_the_reference_strings():
+    from core.lm import direct_prefix, render_prompt
+
+    for template, with_input, without_input, prefix in (
+            ("wiz", ref.WIZARD_WITH_INPUT, ref.WIZARD_WITHOUT_INPUT, "### Response:"),
+            ("vicuna", ref.VICUNA_WITH_INPUT, ref.VICUNA_WITHOUT_INPUT, "ASSISTANT:"),
+            ("alpaca", ref.ALPACA_WITH_INPUT, ref.ALPACA_WITHOUT_INPUT, "### Response:")):
+        assert render_prompt(template, "Do {x}", "in {y}") == with_input.format(
+            instruction="Do {x}", input="in {y}")
+        assert render_prompt(template, "Do {x}", " ") == without_input.format(
+            instruction="Do {x}")
+        assert direct_prefix(template) == prefix
 
 
 @pytest.mark.lm
@@ -278,6 +312,39 @@ def _workspace(tmp_path: Path, rows: list[dict], name: str):
         "output": [r["output"] for r in rows],
         "record": [json.dumps(r) for r in rows]})
     return Workspace.create(tmp_path / name, frame, source={"path": "test"})
+
+
+@pytest.mark.lm
+def test_rifd_cached_by_an_older_rule_is_recomputed(tmp_path, rows40, lm):
+    """An r-IFD cached under scorer version 1 (the bare prompt and a newline before the input)
+    is not up to date after the rule changed, whether or not its key named the template; IFD,
+    whose rule did not change, stays a cache hit."""
+    from core.workspace import SAMPLES, Step
+
+    rows = rows40[20:23]  # rows with an input: the old and the new Q_r differ
+    ws = _workspace(tmp_path, rows, "old_rifd")
+    ifd.run_ifd(ws, model=lm, max_length=MAX_LEN)
+    old_keys = [ifd.lm_params(lm, max_length=MAX_LEN),  # what version 1 wrote
+                ifd.lm_params(lm, template="none", max_length=MAX_LEN, scorer_version=1)]
+    for params in old_keys:
+        def old_scores(chunk, progress):
+            n = len(chunk)
+            return pd.DataFrame({"sample_id": np.asarray(chunk, dtype=np.int64),
+                                 **{c: np.full(n, 0.5) for c in ifd.RIFD_COLUMNS[:4]},
+                                 "instruction_tokens": np.ones(n, dtype=np.int64),
+                                 "reverse_truncated": np.zeros(n, dtype=bool),
+                                 "rifd_missing_reason": pd.array([None] * n, dtype="string")})
+
+        assert params["scorer_version"] == 1
+        ws.run_chunked(Step(ifd.RIFD_SCORE, params, inputs={"samples": SAMPLES}),
+                       np.arange(3), old_scores, force=True)
+        assert (ws.read_score("rifd")["rifd"] == 0.5).all()
+        again = ifd.run_ifd(ws, model=lm, max_length=MAX_LEN, with_reverse=True)
+        assert again["ifd"].cached and not again["rifd"].cached
+        assert ws.score_meta("rifd")["params"]["scorer_version"] == ifd.RIFD_SCORER_VERSION
+        assert ws.score_meta("rifd")["params"]["template"] == "none"
+        fresh = ifd.rifd_scores(lm, *_columns(rows), max_length=MAX_LEN)
+        np.testing.assert_allclose(ws.read_score("rifd")["rifd"], fresh["rifd"], rtol=REL)
 
 
 @pytest.mark.lm

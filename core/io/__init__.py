@@ -4,7 +4,8 @@ flow in docs/architecture.md).
 Formats (detected, or forced with ``format=``): Alpaca records (``instruction``, ``input``
 optional, ``output``) as a JSON array or JSONL; ShareGPT (``conversations: [{from, value}]``);
 OpenAI chat (``messages: [{role, content}]``); CSV and Parquet with a column mapping; a ``.gz``
-of any of them.
+of any of them; Hugging Face datasets (``hf``: a ``save_to_disk`` folder, an Arrow file, or
+a Hub dataset by name), whose rows follow the Parquet rules.
 
 Every sample keeps ``sample_id`` (0..n-1 in workspace order), ``source_row`` (0-based record
 position in its file), the normalised ``instruction``/``input``/``output`` text, ``record``
@@ -31,7 +32,8 @@ its reason.
 
 Modules: ``files`` (bytes, gzip/ZIP, decoding, file kind, the bad-row report),
 ``json_records`` (JSON/JSONL records, cut-off files), ``tables`` (CSV/TSV/Parquet),
-``normalise`` (record → instruction/input/output, text checks, extra columns), ``dataset``
+``normalise`` (record → instruction/input/output, text checks, extra columns), ``hf``
+(Hugging Face folders, Arrow files, the Hub; export as ``save_to_disk``), ``dataset``
 (``read_dataset``), ``importer`` (pooling several files, creating the workspace).
 """
 

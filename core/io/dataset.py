@@ -17,7 +17,8 @@ from .files import (FORMATS, RECORD_FORMATS, ImportReport, decode_text, detect_f
 from .json_records import iter_json_records
 from .normalise import (RowError, check_length, empty_fields, extra_columns, guess_record_format,
                         normalise_record, record_json)
-from .tables import read_table
+from .hf import is_arrow_file, load_hub_table, read_arrow_source
+from .tables import arrow_records, read_table
 
 DEFAULT_MAX_CHARS = 1_000_000
 
@@ -37,27 +38,78 @@ class ImportResult:
 def read_dataset(path: str | Path, format: str | None = None, mapping: dict | None = None,
                  skip_invalid: bool = False, sample: int | None = None, seed: int = 0,
                  limit: int | None = None, encoding: str = "utf-8",
-                 max_chars: int = DEFAULT_MAX_CHARS) -> ImportResult:
-    """Read one dataset file into normalised samples (see the ``core.io`` docstring)."""
+                 max_chars: int = DEFAULT_MAX_CHARS, split: str | None = None
+                 ) -> ImportResult:
+    """Read one dataset file (or a ``save_to_disk`` folder, of which ``split``) into
+    normalised samples (see the ``core.io`` docstring)."""
     path = Path(path)
-    mapping = dict(mapping or {})
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}",
                          file=str(path))
-    raw, data = read_bytes(path)
     report = ImportReport(path, skip_invalid)
+    if path.is_dir() or (path.is_file() and is_arrow_file(path, _head(path))):
+        table, digest, split = read_arrow_source(path, split)
+        return _table_result(table, report, str(path.resolve()), digest, format,
+                             {"split": split}, mapping, sample, seed, limit, max_chars)
+    if split is not None:
+        raise InputError("--split is for save_to_disk folders and --hf", file=str(path),
+                         field="split")
+    raw, data = read_bytes(path)
     kind, detected, records = _read_records(data, format, encoding, report)
+    return _result(records, kind, detected, report, str(path.resolve()),
+                   hashlib.sha256(raw).hexdigest(), {}, mapping, sample, seed, limit,
+                   max_chars)
+
+
+def read_hub_dataset(name: str, split: str | None = None, revision: str | None = None,
+                     format: str | None = None, mapping: dict | None = None,
+                     skip_invalid: bool = False, sample: int | None = None, seed: int = 0,
+                     limit: int | None = None, max_chars: int = DEFAULT_MAX_CHARS,
+                     encoding: str = "utf-8") -> ImportResult:
+    """Read a dataset from the Hugging Face Hub (``import --hf NAME``; needs the network).
+    ``encoding`` is accepted as for files and unused: Arrow text is UTF-8."""
+    table, fingerprint, split = load_hub_table(name, split, revision)
+    report = ImportReport(Path(f"hf:{name}"), skip_invalid)
+    return _table_result(table, report, f"hf:{name}", fingerprint, format,
+                         {"hf": name, "split": split, "revision": revision}, mapping, sample,
+                         seed, limit, max_chars)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(8)
+
+
+def _table_result(table, report: ImportReport, label: str, digest: str, format: str | None,
+                  where: dict, *rest) -> ImportResult:
+    """An Arrow table's rows (saved dataset, Arrow file, Hub) through the common rules."""
+    if format in ("csv", "parquet"):
+        raise InputError(f"is an Arrow dataset, not {format}; drop --format", file=label)
+    columns, records = arrow_records(table, report.path)
+    if not records:
+        raise InputError("dataset has no rows", file=label)
+    detected = format if format in RECORD_FORMATS else None
+    if detected is None and not {"conversations", "messages"} & set(columns):
+        detected = "alpaca"  # a table is Alpaca-like through its column mapping
+    return _result(records, "arrow", detected, report, label, digest, where, *rest)
+
+
+def _result(records, kind: str, detected: str | None, report: ImportReport, label: str,
+            digest: str, where: dict, mapping: dict | None, sample: int | None, seed: int,
+            limit: int | None, max_chars: int) -> ImportResult:
+    mapping = dict(mapping or {})
     rows, detected = _normalise_rows(records, detected, mapping, limit, max_chars, report)
     pick = sample_positions(len(rows), sample, seed)
     if pick is not None:
         rows = [rows[i] for i in pick]
-    out_format = kind if kind in ("csv", "parquet") else detected
+    out_format = kind if kind in ("csv", "parquet", "arrow") else detected
     samples = _samples_frame(rows, detected)
-    source = {"path": str(path.resolve()), "sha256": hashlib.sha256(raw).hexdigest(),
+    source = {"path": label, "sha256": digest,
               "format": out_format, "record_format": detected, "mapping": mapping,
               "records_read": len(rows) + len(report.skipped), "imported": len(samples),
               "skipped": len(report.skipped), "sample": sample,
-              "seed": seed if sample is not None else None, "limit": limit}
+              "seed": seed if sample is not None else None, "limit": limit,
+              **{k: v for k, v in where.items() if v is not None}}
     if report.warnings:
         rows_list = ", ".join(str(w["source_row"]) for w in report.warnings[:10])
         report.notes.append(f"{len(report.warnings)} rows have an empty field (rows {rows_list}"

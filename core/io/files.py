@@ -12,7 +12,8 @@ from ..errors import InputError
 
 RECORD_FORMATS = ("alpaca", "sharegpt", "messages")  # how a record holds Q and A
 FORMATS = (*RECORD_FORMATS, "csv", "parquet")  # what --format accepts
-IMPORTABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".pq")
+IMPORTABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".pq", ".arrow",
+                       ".feather")
 
 
 def read_bytes(path: Path) -> tuple[bytes, bytes]:

@@ -12,8 +12,10 @@ import pandas as pd
 from .. import atomic
 from ..errors import InputError
 from ..workspace import Workspace
-from .dataset import ImportResult, find_duplicates, read_dataset, sample_positions
+from .dataset import (ImportResult, find_duplicates, read_dataset, read_hub_dataset,
+                      sample_positions)
 from .files import is_importable
+from .hf import is_saved_dataset
 
 ALPACA_LICENCE = ("Alpaca-derived data is for non-commercial research (CC BY-NC 4.0); check "
                   "the licence of every source before you train on or share an export.")
@@ -22,15 +24,24 @@ ALPACA_LICENCE = ("Alpaca-derived data is for non-commercial research (CC BY-NC 
 def read_datasets(paths: Sequence[str | Path], **kwargs) -> ImportResult:
     """Read several files into one pool with a ``source`` column naming each file.
 
-    A folder stands for its dataset files (README files left out). ``sample``/``limit``
-    apply to the pooled rows; per-file options are shared.
+    A folder stands for its dataset files (README files left out), unless it is a
+    ``save_to_disk`` folder, which is one dataset (``split`` picks a split). ``hf=NAME``
+    (with ``split``, ``revision``) reads a Hugging Face Hub dataset instead of files.
+    ``sample``/``limit`` apply to the pooled rows; per-file options are shared.
     """
     paths = [Path(p) for p in paths]
-    if len(paths) == 1 and not paths[0].is_dir():
+    hub, revision = kwargs.pop("hf", None), kwargs.pop("revision", None)
+    if hub is not None:
+        if paths:
+            raise InputError("give dataset files or --hf NAME, not both", field="hf")
+        return read_hub_dataset(hub, revision=revision, **kwargs)
+    if revision is not None:
+        raise InputError("--revision is for --hf", field="revision")
+    if len(paths) == 1 and (not paths[0].is_dir() or is_saved_dataset(paths[0])):
         return read_dataset(paths[0], **kwargs)
     files: list[Path] = []
     for p in paths:
-        if p.is_dir():
+        if p.is_dir() and not is_saved_dataset(p):
             files.extend(sorted(q for q in p.iterdir() if q.is_file() and not
                                 q.name.lower().startswith("readme") and is_importable(q)))
         else:

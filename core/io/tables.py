@@ -43,6 +43,12 @@ def _parquet_records(data: bytes, path: Path) -> tuple[list[str], Records]:
     except Exception as err:  # pyarrow raises several types
         raise InputError(f"not a readable Parquet file ({' '.join(str(err).split())[:300]})",
                          file=str(path)) from None
+    return arrow_records(table, path)
+
+
+def arrow_records(table, path: Path) -> tuple[list[str], Records]:
+    """Rows of a pyarrow Table (from Parquet, an Arrow file or a saved Hugging Face dataset)
+    as plain Python values; a pandas index column is left out."""
     meta = table.schema.pandas_metadata or {}
     index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
     keep = [i for i, name in enumerate(table.column_names) if name not in index]

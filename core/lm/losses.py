@@ -22,6 +22,41 @@ LOGIT_ROWS = 512              # scored positions projected onto the vocabulary a
 NLL_ROWS = 32                 # logit rows log-softmaxed at a time (stay in cache)
 BATCH_COST_TOKENS = 64        # fixed cost of one forward, in padded tokens (plan_batches)
 
+# On CUDA the default budget (a CPU figure: batches that stay in cache) is replaced by one
+# sized to the GPU's free memory (``cuda_token_budget``); an explicit other budget is kept.
+GPU_MEMORY_SHARE = 0.5        # of the free memory (weights already loaded) one batch may use
+MAX_GPU_TOKEN_BUDGET = 65_536  # beyond this a batch is no faster per token
+
+
+def activation_bytes_per_token(config, seq_len: int) -> int:
+    """Peak bytes one token of a forward batch holds, read from the model's shapes (fp32 for
+    every term, so an upper bound in bf16): the key/value cache transformers keeps through
+    the forward (2 x layers x kv_heads x head_dim), the residual stream, norms and MLP of
+    the layer being computed (4 x hidden + 3 x intermediate) and one layer's eager
+    attention scores (heads x seq_len). The scored positions' logits go through the
+    vocabulary LOGIT_ROWS at a time, so they do not grow with the budget."""
+    hidden = int(getattr(config, "hidden_size", 4096))
+    heads = int(getattr(config, "num_attention_heads", 32))
+    layers = int(getattr(config, "num_hidden_layers", 32))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    inter = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    return 4 * (2 * layers * kv_heads * head_dim + 4 * hidden + 3 * inter + heads * seq_len)
+
+
+def cuda_token_budget(model, seq_len: int, free_bytes: int | None = None) -> int:
+    """Tokens per forward batch that fit in GPU_MEMORY_SHARE of the free GPU memory
+    (``torch.cuda.mem_get_info`` unless ``free_bytes`` is given), a multiple of 256
+    between 256 and MAX_GPU_TOKEN_BUDGET."""
+    if free_bytes is None:
+        import torch
+
+        free_bytes, _ = torch.cuda.mem_get_info(next(model.parameters()).device)
+    per_token = activation_bytes_per_token(model.config, seq_len)
+    budget = int(GPU_MEMORY_SHARE * free_bytes // per_token) // 256 * 256
+    return max(256, min(MAX_GPU_TOKEN_BUDGET, budget))
+
+
 def _needs_full_head(model) -> bool:
     """Models that post-process logits (soft-capping, scaling) take the plain forward path."""
     cfg = getattr(model, "config", None)
@@ -69,7 +104,8 @@ def sequence_losses(lm, sequences: Sequence[tuple[Sequence[int], int]],
     without an attention mask is exact for a causal model: real positions only attend to
     earlier real positions. Only the positions predicting scored tokens go through the
     vocabulary projection, with an fp32 log-softmax (``_nll``).
-    ``progress(tokens_done, tokens_total)`` is called after each batch.
+    ``progress(tokens_done, tokens_total)`` is called after each batch. On CUDA the default
+    budget is scaled to the free GPU memory (``cuda_token_budget``).
     """
     import torch
 
@@ -86,6 +122,8 @@ def sequence_losses(lm, sequences: Sequence[tuple[Sequence[int], int]],
     head = model.get_output_embeddings()
     full_head = _needs_full_head(model) or head is None
     device = next(model.parameters()).device
+    if device.type == "cuda" and token_budget == DEFAULT_TOKEN_BUDGET:
+        token_budget = cuda_token_budget(model, lengths[0])
     pad = int(lm.start_token_id)
     with torch.inference_mode():
         for lo, hi in plan_batches(lengths, token_budget):

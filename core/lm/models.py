@@ -33,6 +33,11 @@ DEFAULT_CACHE_FOLDER = "smollm2-135m-instruct"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+# Cherry's brief (pre-experienced) model inside a workspace (core/lm/brief.py), and its sidecar.
+BRIEF_MODEL_NAME = "brief"
+BRIEF_MODEL_DIR = "models/brief"
+BRIEF_SIDECAR = "brief.json"
+
 
 @dataclass
 class LoadedLM:
@@ -208,6 +213,40 @@ def _folder_identity(folder: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def resolve_model(model, workspace=None):
+    """``--model brief`` names the workspace's brief model folder (``brief-model``); any
+    other value (None, a path, a ``LoadedLM``) is returned unchanged."""
+    if not (isinstance(model, str) and model == BRIEF_MODEL_NAME):
+        return model
+    if workspace is None:
+        raise InputError("--model brief needs a workspace", field="model")
+    root = Path(getattr(workspace, "root", workspace))
+    folder = root / BRIEF_MODEL_DIR
+    if not ((folder / "config.json").is_file() and (folder / BRIEF_SIDECAR).is_file()):
+        raise InputError(f"this workspace has no brief model yet; train it with `python -m core "
+                         f"brief-model --workspace {root}`", file=str(folder), field="model")
+    return str(folder)
+
+
+def _brief_record(folder: Path) -> dict | None:
+    """What identifies a brief model: its folder, its sidecar's sha256 and its base model."""
+    sidecar = folder / BRIEF_SIDECAR
+    if not sidecar.is_file():
+        return None
+    from ..atomic import read_json
+    from ..workspace.files import sha256_file
+
+    try:
+        info = read_json(sidecar)
+    except ValueError:
+        raise InputError("the brief model's sidecar is not valid JSON; retrain it with "
+                         "`python -m core brief-model --force`", file=str(sidecar)) from None
+    base = info.get("base_model", {}) if isinstance(info, dict) else {}
+    return {"path": str(folder.resolve()), "sidecar": str(sidecar.resolve()),
+            "sidecar_sha256": sha256_file(sidecar), "key": info.get("key"),
+            "base_model": base.get("model_identity") if isinstance(base, dict) else None}
+
+
 def start_token_of(tokenizer) -> int:
     """BOS, or EOS when the tokenizer has no BOS (docs/methods.md §1)."""
     tok = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -253,6 +292,11 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
         name = folder.resolve().name
         source = {"path": str(folder.resolve())}
         identity = f"{name}@{_folder_identity(folder)}"
+        brief = _brief_record(folder)
+        if brief is not None:  # a retrained brief model gets a new identity, so a new key
+            source["brief_model"] = brief
+            name = f"brief model of {brief['base_model']}"
+            identity = f"brief:{brief['sidecar_sha256'][:16]}@{_folder_identity(folder)}"
 
     dev = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)

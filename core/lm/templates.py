@@ -1,8 +1,12 @@
 """Prompt templates and the token rules every LM score shares (docs/methods.md §1).
 
 - Templates: ``none`` (Superfiltering: "{instruction}\n{input}\n"), ``alpaca`` (Cherry LLM's
-  Alpaca prompt, whose direct pass reads "### Response:" + A) and the model's own ``chat``
-  template. The template is recorded with every score.
+  Alpaca prompt), ``wiz`` (Cherry LLM and Reflection-Tuning: "{instruction}\n{input}\n\n###
+  Response:"), ``vicuna`` (Reflection-Tuning's default: "... USER: {instruction}\nInput:\n{input}
+  ASSISTANT:") and the model's own ``chat`` template. The direct pass reads the template's
+  answer header before A ("### Response:" for alpaca and wiz, "ASSISTANT:" for vicuna, as
+  Cherry LLM's ``data_analysis_vic.py``; nothing for none). The template is recorded with
+  every score.
 - Start token: every sequence begins with exactly one start token (BOS, else EOS); text is
   tokenised without special tokens and the start token prepended, unless the rendered text
   already begins with it (chat templates).
@@ -20,7 +24,7 @@ from typing import Any
 
 from ..errors import InputError
 
-TEMPLATES = ("none", "alpaca", "chat")
+TEMPLATES = ("none", "alpaca", "wiz", "vicuna", "chat")
 
 # Cherry LLM's Alpaca prompt (data_analysis.py); the direct pass reads "### Response:" + A.
 ALPACA_PROMPT_INPUT = (
@@ -31,6 +35,30 @@ ALPACA_PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
 ALPACA_DIRECT_PREFIX = "### Response:"
+
+# WizardLM's prompt as Cherry LLM (data_analysis_vic.py) and Reflection-Tuning
+# (data_analysis.py) write it; the direct pass reads "### Response:" + A.
+WIZ_PROMPT_INPUT = "{instruction}\n{input}\n\n### Response:"
+WIZ_PROMPT_NO_INPUT = "{instruction}\n\n### Response:"
+WIZ_DIRECT_PREFIX = "### Response:"
+
+# Vicuna's prompt (Reflection-Tuning's default); the direct pass reads "ASSISTANT:" + A.
+VICUNA_PROMPT_INPUT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions. "
+    "USER: {instruction}\nInput:\n{input} ASSISTANT:")
+VICUNA_PROMPT_NO_INPUT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions. "
+    "USER: {instruction} ASSISTANT:")
+VICUNA_DIRECT_PREFIX = "ASSISTANT:"
+
+# Text templates: (with input, without input, direct-pass prefix).
+TEXT_TEMPLATES = {
+    "alpaca": (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, ALPACA_DIRECT_PREFIX),
+    "wiz": (WIZ_PROMPT_INPUT, WIZ_PROMPT_NO_INPUT, WIZ_DIRECT_PREFIX),
+    "vicuna": (VICUNA_PROMPT_INPUT, VICUNA_PROMPT_NO_INPUT, VICUNA_DIRECT_PREFIX),
+}
 
 # ----- texts --------------------------------------------------------------------------------
 def as_text(value: Any) -> str:
@@ -51,10 +79,11 @@ def render_prompt(template: str, instruction: Any, input: Any = "", tokenizer=No
     has_input = bool(input.strip())
     if template == "none":
         return f"{instruction}\n{input}\n" if has_input else f"{instruction}\n"
-    if template == "alpaca":
+    if template in TEXT_TEMPLATES:
+        with_input, without_input, _ = TEXT_TEMPLATES[template]
         if has_input:
-            return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
-        return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+            return with_input.format(instruction=instruction, input=input)
+        return without_input.format(instruction=instruction)
     if template == "chat":
         require_chat_template(tokenizer)
         return tokenizer.apply_chat_template(
@@ -65,12 +94,13 @@ def render_prompt(template: str, instruction: Any, input: Any = "", tokenizer=No
 
 
 def direct_prefix(template: str, tokenizer=None) -> str:
-    """What the direct pass reads before A: nothing (none), "### Response:" (alpaca), or the
-    chat template's assistant header (the text its generation prompt adds)."""
+    """What the direct pass reads before A: nothing (none), "### Response:" (alpaca, wiz),
+    "ASSISTANT:" (vicuna), or the chat template's assistant header (the text its generation
+    prompt adds)."""
     if template == "none":
         return ""
-    if template == "alpaca":
-        return ALPACA_DIRECT_PREFIX
+    if template in TEXT_TEMPLATES:
+        return TEXT_TEMPLATES[template][2]
     if template == "chat":
         require_chat_template(tokenizer)
         msgs = [{"role": "user", "content": "x"}]
@@ -85,8 +115,8 @@ def direct_prefix(template: str, tokenizer=None) -> str:
 
 def require_chat_template(tokenizer) -> None:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise InputError("this model has no chat template; use --template none or alpaca",
-                         field="template")
+        raise InputError("this model has no chat template; use --template none, alpaca, "
+                         "wiz or vicuna", field="template")
 
 
 # ----- tokens -------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def run_rate(ws: Workspace, backend, rater_name: str, sample_ids: Sequence[int] 
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``rate`` to the ``python -m core`` argument parser."""
-    from ..args import non_negative_int, positive_float, positive_int, seed
+    from ..args import positive_int, seed
 
     p = subparsers.add_parser(
         "rate", help="rate samples with an LLM (DS2 prompt; OpenAI-compatible API or local)",
@@ -188,29 +188,10 @@ def register_cli(subparsers) -> None:
                     "curation. Answers are cached in ratings/NAME/responses.jsonl, so a rerun "
                     "resumes and never pays for the same answer twice.")
     p.add_argument("--workspace", required=True, help="workspace folder")
-    p.add_argument("--backend", choices=["openai", "local"], required=True,
-                   help="openai = any OpenAI-compatible API; local = the small offline LM")
     p.add_argument("--name", required=True,
                    help="rater name (letters, digits, - or _): the output is "
                         "scores/rating_NAME.parquet")
-    p.add_argument("--base-url", default="https://api.openai.com/v1",
-                   help="API base URL, up to /v1 (openai backend)")
-    p.add_argument("--model", default=None,
-                   help="model name for the API (required with --backend openai), or a local "
-                        "Hugging Face folder (local backend; default SmolLM2-135M-Instruct)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key ('' for none)")
-    p.add_argument("--concurrency", type=positive_int, default=8,
-                   help="requests at once (openai)")
-    p.add_argument("--timeout", type=positive_float, default=60.0,
-                   help="seconds per request (openai)")
-    p.add_argument("--max-retries", type=non_negative_int, default=5,
-                   help="retries per request (openai)")
-    p.add_argument("--max-tokens", type=positive_int, default=None,
-                   help="answer length limit in tokens (default 128 for openai as in DS2, "
-                        "60 for local)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads while generating (local; 1 is faster on a busy CPU)")
+    add_backend_arguments(p, "--backend", "default 128 for openai as in DS2, 60 for local")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--sample", type=positive_int, metavar="N",
                        help="rate a random N samples")
@@ -225,20 +206,52 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=_cli_rate)
 
 
+def add_backend_arguments(p, kind_flag: str, tokens_default: str) -> None:
+    """The flags that configure a backend (``make_backend``), shared by every command that
+    asks one (``rate --backend``, ``reflect --teacher``)."""
+    from ..args import non_negative_int, positive_float, positive_int
+
+    p.add_argument(kind_flag, choices=["openai", "local"], required=True,
+                   help="openai = any OpenAI-compatible API; local = the small offline LM")
+    p.add_argument("--base-url", default="https://api.openai.com/v1",
+                   help="API base URL, up to /v1 (openai backend)")
+    p.add_argument("--model", default=None,
+                   help="model name for the API (required with the openai backend), or a "
+                        "local Hugging Face folder (local backend; default "
+                        "SmolLM2-135M-Instruct)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key ('' for none)")
+    p.add_argument("--concurrency", type=positive_int, default=8,
+                   help="requests at once (openai)")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="seconds per request (openai)")
+    p.add_argument("--max-retries", type=non_negative_int, default=5,
+                   help="retries per request (openai)")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
+                   help=f"answer length limit in tokens ({tokens_default})")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads while generating (local; 1 is faster on a busy CPU)")
+
+
+def make_backend(kind: str, args, openai_tokens: int, local_tokens: int,
+                 flag: str = "--backend"):
+    """The backend the ``add_backend_arguments`` flags describe."""
+    if kind == "openai":
+        if not args.model:
+            raise InputError(f"--model is required with {flag} openai (e.g. gpt-4o-mini)",
+                             field="model")
+        return OpenAIRater(args.base_url, args.model, api_key_env=args.api_key_env,
+                           concurrency=args.concurrency, timeout=args.timeout,
+                           max_retries=args.max_retries,
+                           max_tokens=args.max_tokens or openai_tokens)
+    return LocalRater(args.model, max_new_tokens=args.max_tokens or local_tokens,
+                      threads=args.threads)
+
+
 def _cli_rate(args) -> int:
     ws = Workspace.open(args.workspace)
     check_rater_name(args.name)
-    if args.backend == "openai":
-        if not args.model:
-            raise InputError("--model is required with --backend openai (e.g. gpt-4o-mini)",
-                             field="model")
-        backend = OpenAIRater(args.base_url, args.model, api_key_env=args.api_key_env,
-                              concurrency=args.concurrency, timeout=args.timeout,
-                              max_retries=args.max_retries,
-                              max_tokens=args.max_tokens or 128)
-    else:
-        backend = LocalRater(args.model, max_new_tokens=args.max_tokens or 60,
-                             threads=args.threads)
+    backend = make_backend(args.backend, args, openai_tokens=128, local_tokens=60)
     ids = ws.pick_sample_ids(args.sample, args.seed, args.limit)
     with TqdmProgress(f"rate {args.name}", unit="sample") as bar:
         result = run_rate(ws, backend, args.name, sample_ids=ids, progress=bar,

@@ -40,9 +40,10 @@ from ..raters.run import rating_score_name, ratings_for_curation
 from ..workspace import KNN, SAMPLES, Step, sha256_file
 from .hoc import TransitionEstimator, check_graph
 from .ratings import MISSING, SCALES, to_classes
-from .simifeat import class_noise_rates, detect_misratings, long_tail_score
+from .simifeat import check_detector, class_noise_rates, detect_misratings, long_tail_score
 
-VERSION = "ds2-1"  # bump when the numbers this module produces change
+VERSION = "ds2-2"  # bump when the numbers this module produces change (2: self-vote weight
+#                    from the first two voting neighbours, as docta's in-subsample kNN)
 COLUMNS = ("rating_class", "flagged", "noisy_avg", "suggested", "confidence", "curated",
            "long_tail")
 
@@ -51,9 +52,14 @@ def curate(ratings, knn_indices, knn_similarities, k: int = 10, seed: int = 0, *
            num_classes: int | None = None, rounds: int = 50,
            hoc_sample_size: int | None = 50_000, steps: int = 1500, lr: float = 0.1,
            epochs: int = 51, sample_fraction: float = 0.9, min_confidence: float = 0.5,
-           self_vote: bool = False, sample_ids=None, progress: Progress | None = None
-           ) -> tuple[pd.DataFrame, dict]:
+           self_vote: bool = False, detector: str = "rank", sample_ids=None,
+           progress: Progress | None = None) -> tuple[pd.DataFrame, dict]:
     """DS2 score curation of one rater's classes (−1 = missing) over a kNN graph.
+
+    The reference variants (docs/methods.md §3): ``self_vote`` (the sample votes for
+    itself in SimiFeat), ``detector`` ``"rank"`` (SimiFeat-rank, the paper's) or ``"mv"``
+    (majority vote), and ``min_confidence``, the confidence a flagged rating needs before
+    its suggestion replaces it.
 
     Returns a frame in sample order with ``sample_id`` and ``rating_class, flagged,
     noisy_avg, suggested, confidence, curated, long_tail`` (missing ratings: rating_class
@@ -64,6 +70,7 @@ def curate(ratings, knn_indices, knn_similarities, k: int = 10, seed: int = 0, *
     n = len(ratings)
     if n == 0:
         raise InputError("no samples to curate")
+    check_variant(detector, min_confidence)
     if ratings.min() < MISSING:
         raise InputError("rating classes must be ≥ 0 (−1 for missing); map them with "
                          "to_classes first")
@@ -80,7 +87,7 @@ def curate(ratings, knn_indices, knn_similarities, k: int = 10, seed: int = 0, *
     params = dict(k=k, seed=seed, num_classes=k_classes, rounds=rounds,
                   hoc_sample_size=hoc_sample_size, steps=steps, lr=lr, epochs=epochs,
                   sample_fraction=sample_fraction, min_confidence=min_confidence,
-                  self_vote=self_vote, version=VERSION)
+                  self_vote=self_vote, detector=detector, version=VERSION)
     total = rounds + epochs + 1
     stage = (lambda offset: None if progress is None else
              (lambda done, _total, note: progress(offset + done, total, note)))
@@ -90,7 +97,8 @@ def curate(ratings, knn_indices, knn_similarities, k: int = 10, seed: int = 0, *
     report(progress, rounds + 1, total, "fitting T")
     rho = class_noise_rates(estimator.transition_matrix_, estimator.prior_, hist)
     detection = detect_misratings(ratings, knn_indices, knn_similarities, rho, k, epochs,
-                                  sample_fraction, seed, self_vote, stage(rounds + 1))
+                                  sample_fraction, seed, self_vote, stage(rounds + 1),
+                                  detector=detector)
     change = detection["flagged"].to_numpy() & \
         (detection["confidence"].to_numpy() >= min_confidence)
     curated = np.where(change, detection["suggested"].to_numpy(), ratings)
@@ -127,6 +135,14 @@ def curate(ratings, knn_indices, knn_similarities, k: int = 10, seed: int = 0, *
     }
     report(progress, total, total, "done")
     return frame, result
+
+
+def check_variant(detector: str, min_confidence: float) -> None:
+    """Refuse an unknown detector or a confidence outside [0, 1] before any work starts."""
+    check_detector(detector)
+    if not (isinstance(min_confidence, (int, float)) and 0.0 <= min_confidence <= 1.0):
+        raise InputError(f"min_confidence must be between 0 and 1, not {min_confidence!r}",
+                         field="min_confidence")
 
 
 def _rounded(a) -> list:
@@ -284,7 +300,9 @@ def _ratings_from_file(ws, path: str | Path, column: str) -> tuple[pd.Series, np
 
 def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, k: int = 10,
                ratings_file: str | Path | None = None, progress: Progress | None = None,
-               force: bool = False, rater: str | None = None, **options) -> CurationRun:
+               force: bool = False, rater: str | None = None, self_vote: bool = False,
+               detector: str = "rank", min_confidence: float = 0.5, **options
+               ) -> CurationRun:
     """Curate one rater's ratings in a workspace: ``scores/ds2_<column>.parquet`` + sidecar
     (the name is ``core.names.ds2_score_name``; the sidecar keeps the exact column).
 
@@ -293,9 +311,11 @@ def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, 
     (``rater``: its ``overall`` ratings, scale ds2-10 by default, column ``rating_<rater>``).
     ``scale`` is a name from ``SCALES``, a mapping dict, or a JSON mapping string. The kNN
     graph is the workspace's (``neighbors`` step). Several raters = several calls.
-    ``options`` go to ``curate`` (rounds, steps, epochs, ...).
+    ``self_vote``, ``detector`` and ``min_confidence`` are the reference variants (see
+    ``curate``); they and ``options`` (rounds, steps, epochs, ...) are part of the cache key.
     """
     scale = _parse_scale(scale)
+    check_variant(detector, min_confidence)
     if (rating_column is None) == (rater is None):
         raise InputError("name the ratings: either a rating column or a rater")
     if rater is not None and ratings_file is not None:
@@ -323,14 +343,16 @@ def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, 
         check_score_owner(ws, rating_column)
     params = {"rating_column": rating_column, "scale": scale, "k": k, "seed": seed,
               "ratings_file": str(ratings_file) if ratings_file else None,
-              "version": VERSION, **options}
+              "self_vote": bool(self_vote), "detector": detector,
+              "min_confidence": float(min_confidence), "version": VERSION, **options}
     parquet = ws.path("scores", f"{name}.parquet")
     holder: dict = {}
 
     def compute():
         frame, result = curate(classes, knn_indices, knn_similarities, k=k, seed=seed,
                                num_classes=mapping["num_classes"], progress=progress,
-                               **options)
+                               self_vote=bool(self_vote), detector=detector,
+                               min_confidence=float(min_confidence), **options)
         holder["report"] = result
         return frame
 
@@ -345,7 +367,8 @@ def run_curate(ws, rating_column: str | None = None, scale=None, seed: int = 0, 
 
 # ----- CLI -------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
-    from ..args import positive_int, seed
+    from ..args import positive_int, probability, seed
+    from .simifeat import DETECTORS
 
     p = subparsers.add_parser(
         "curate", help="DS2: find and repair noisy LLM ratings from neighbour consensus",
@@ -368,6 +391,15 @@ def register_cli(subparsers) -> None:
                    help="JSONL/JSON/CSV with sample_id or source_row and the rating column")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours that vote (default 10)")
+    p.add_argument("--self-vote", action="store_true",
+                   help="reference variant: each sample votes for its own rating too (docta "
+                        "knn.py: k votes counting itself, weight from its two nearest)")
+    p.add_argument("--detector", choices=DETECTORS, default="rank",
+                   help="rank (default, the paper's SimiFeat-rank: each class's expected noisy "
+                        "share) or mv (flag whenever the neighbours' majority disagrees)")
+    p.add_argument("--min-confidence", type=probability, default=0.5, metavar="X",
+                   help="confidence in [0, 1] a flagged rating needs before its suggestion "
+                        "replaces it (default 0.5)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.set_defaults(func=_cmd_curate)
 
@@ -389,7 +421,8 @@ def _cmd_curate(args) -> int:
     with TqdmProgress(desc="curate", unit="step") as bar:
         run = run_curate(ws, args.rating_column, scale=scale, seed=args.seed, k=args.k,
                          ratings_file=args.ratings_file, progress=bar, force=args.force,
-                         rater=args.rater)
+                         rater=args.rater, self_vote=args.self_vote, detector=args.detector,
+                         min_confidence=args.min_confidence)
     print(terminal_safe(format_summary(run.meta), keep_newlines=True))
     print(terminal_safe(f"wrote {run.parquet}") + (" (cached)" if run.cached else ""))
     return 0
@@ -412,6 +445,10 @@ def format_summary(meta: dict) -> str:
                      f"{meta['flagged_per_class'][c]:>8d} {meta['changed_per_class'][c]:>8d} "
                      f"{meta['histogram_curated'][c]:>8d} "
                      f"{'-' if rho is None else format(rho, '.3f'):>6}")
+    params = meta.get("parameters", {})
+    lines.append(f"detector {params.get('detector', 'rank')}, self-vote "
+                 f"{'on' if params.get('self_vote') else 'off'}, min confidence "
+                 f"{params.get('min_confidence', 0.5)}")
     lines.append(f"flagged {meta['flagged']:,} of {meta['rated']:,} rated samples; "
                  f"{meta['changed']:,} ratings changed; {meta['missing']:,} missing")
     for w in meta.get("warnings", []):

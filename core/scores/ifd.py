@@ -4,8 +4,8 @@
   answer A after prompt(Q) over A read alone; IFD_ppl = exp(s(A|Q) − s(A)) (Superfiltering,
   arXiv 2402.00530).
 - r-IFD (Selective Reflection-Tuning, arXiv 2402.10110; docs/methods.md §2): s(Q|A) / s(Q),
-  the instruction after a "guess the instruction" prompt built from A, over the instruction
-  alone.
+  Q_r = instruction + input after a "guess the instruction" prompt built from A and put
+  through the IFD template, over Q_r alone.
 - Truncation: the conditioned sequence is cut at ``max_length`` tokens; the direct pass scores
   exactly the answer tokens that survived. Missing scores carry a reason (``empty_answer``,
   ``answer_truncated_away``, ``non_finite_loss``, ...), never 0, never a crash.
@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..lm import (DEFAULT_TOKEN_BUDGET, TEMPLATES, as_text, direct_prefix, encode,
-                  question_text, render_prompt, sequence_losses, split_prompt_answer,
+                  render_prompt, sequence_losses, split_prompt_answer,
                   token_progress, with_start)
 from ..progress import Progress, TqdmProgress
 from ..workspace import SAMPLES, Step
@@ -127,27 +127,44 @@ def ifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Seq
 
 
 # ----- r-IFD --------------------------------------------------------------------------------
-# Selective Reflection-Tuning's reversed prompt (docs/methods.md §2), then "\n", then Q.
+# Selective Reflection-Tuning's reversed instruction R (docs/methods.md §2), put through the
+# IFD template as an instruction with no input; Q_r follows the rendered prompt directly.
 REVERSE_HEAD = ("Below is the response to an instruction, please guess the corresponding "
                 "instruction for the given response.\n")
-REVERSE_TAIL = "\nGenerate the instruction for the above response.\n"
-
-def reverse_prompt(answer: str) -> str:
-    """The reversed prompt built from a response (docs/methods.md §2), ending in the "\\n"
-    before Q."""
-    return REVERSE_HEAD + answer + REVERSE_TAIL
+REVERSE_TAIL = "\nGenerate the instruction for the above response."
+# Raised when the r-IFD rule changes, so cached r-IFD files from an older rule are recomputed
+# (2: reversed prompt through the template, Q_r = instruction + input without a separator).
+RIFD_SCORER_VERSION = 2
 
 
-def _rifd_pair(tok, start: int, question: str, answer: str, max_length: int) -> _Pair:
+def reverse_prompt(answer: str, template: str = "none", tokenizer=None) -> str:
+    """The reversed prompt built from a response: R through ``template`` with no input
+    (for ``none``: R + "\n"), as Reflection-Tuning's ``data_analysis.py`` builds it."""
+    return render_prompt(template, REVERSE_HEAD + answer + REVERSE_TAIL, "", tokenizer)
+
+
+def reverse_target(instruction, input="") -> str:
+    """Q_r, the text r-IFD scores: instruction + input with no separator, as the reference
+    concatenates them (a whitespace-only input counts as empty, as everywhere)."""
+    instruction, input = as_text(instruction), as_text(input)
+    return instruction + (input if input.strip() else "")
+
+
+def _rifd_pair(tok, start: int, question: str, answer: str, max_length: int,
+               template: str = "none") -> _Pair:
     if not question.strip():
         return _Pair(None, None, 0, False, False, "empty_instruction")
-    prompt_ids, q_ids, merged = split_prompt_answer(tok, reverse_prompt(answer), question)
+
+    def split(answer_text: str):
+        return split_prompt_answer(tok, reverse_prompt(answer_text, template, tok), question)
+
+    prompt_ids, q_ids, merged = split(answer)
     if not q_ids:
         return _Pair(None, None, 0, False, merged, "empty_instruction")
     cut = False
     if len(with_start(start, prompt_ids)) + len(q_ids) > max_length:
         # Cut A from its end so that all of Q is scored; give up if Q does not fit at all.
-        p0, q0, _ = split_prompt_answer(tok, reverse_prompt(""), question)
+        p0, q0, _ = split("")
         if len(with_start(start, p0)) + len(q0) > max_length:
             return _Pair(None, None, 0, True, merged, "instruction_too_long")
         a_ids = encode(tok, answer)
@@ -155,7 +172,7 @@ def _rifd_pair(tok, start: int, question: str, answer: str, max_length: int) -> 
         def attempt(keep: int):
             text = tok.decode(a_ids[:keep], skip_special_tokens=False,
                               clean_up_tokenization_spaces=False) if keep else ""
-            p_ids, qq, mm = split_prompt_answer(tok, reverse_prompt(text), question)
+            p_ids, qq, mm = split(text)
             return len(with_start(start, p_ids)) + len(qq) - max_length, (p_ids, qq, mm)
 
         # Jump down by the overflow (token counts are nearly additive), then climb back to
@@ -182,15 +199,16 @@ def _rifd_pair(tok, start: int, question: str, answer: str, max_length: int) -> 
 
 def rifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Sequence,
                 max_length: int = 512, token_budget: int = DEFAULT_TOKEN_BUDGET,
-                progress: Progress | None = None) -> pd.DataFrame:
+                progress: Progress | None = None, *, template: str = "none") -> pd.DataFrame:
     """Reversed IFD per sample (docs/methods.md §2): loss_reverse_conditioned = s(Q|A),
     loss_reverse_direct = s(Q), rifd = s(Q|A)/s(Q), rifd_ppl, instruction_tokens,
-    reverse_truncated (A was cut from its end to fit), rifd_missing_reason."""
+    reverse_truncated (A was cut from its end to fit), rifd_missing_reason. The reversed
+    prompt goes through ``template`` (the one IFD uses)."""
     inputs = inputs if inputs is not None else [""] * len(instructions)
     n = check_lengths(instructions, inputs, outputs)
     tok, start = lm.tokenizer, int(lm.start_token_id)
-    pairs = [_rifd_pair(tok, start, question_text(instructions[i], inputs[i]),
-                        as_text(outputs[i]), max_length) for i in range(n)]
+    pairs = [_rifd_pair(tok, start, reverse_target(instructions[i], inputs[i]),
+                        as_text(outputs[i]), max_length, template) for i in range(n)]
     cond, direct, missing, ratio, ppl = _pair_ratios(lm, pairs, token_budget, progress,
                                                      "r-IFD")
     return pd.DataFrame({
@@ -234,14 +252,18 @@ def scoring_frame(ws, sample_ids):
 def run_ifd(ws, sample_ids: Sequence[int] | None = None, model=None, template: str = "none",
             max_length: int = 512, with_reverse: bool = False, dtype: str = "auto",
             progress: Progress | None = None, chunk_size: int = 256,
-            token_budget: int = DEFAULT_TOKEN_BUDGET, force: bool = False) -> dict:
+            token_budget: int = DEFAULT_TOKEN_BUDGET, force: bool = False,
+            executor=None) -> dict:
     """Score samples of a workspace into scores/ifd.parquet (and scores/rifd.parquet with
     ``with_reverse``), resumably. ``model`` is None (default SmolLM2), a folder path, or a
-    ``LoadedLM``. Returns ``{"ifd": StepResult, "rifd": StepResult | None}``."""
+    ``LoadedLM``; ``executor`` computes the chunks (core/executors: local, or Ray).
+    Returns ``{"ifd": StepResult, "rifd": StepResult | None}``."""
     if template not in TEMPLATES:
         raise InputError(f"unknown prompt template {template!r}; use one of "
                          f"{', '.join(TEMPLATES)}", field="template")
-    lm = load_scoring_lm(model, dtype)
+    from ..lm.models import resolve_model
+
+    lm = load_scoring_lm(resolve_model(model, ws), dtype)  # "brief": the workspace's model
     frame, ids = scoring_frame(ws, sample_ids)
     inputs = {"samples": SAMPLES}
 
@@ -256,20 +278,24 @@ def run_ifd(ws, sample_ids: Sequence[int] | None = None, model=None, template: s
     ifd_step = Step(IFD_SCORE, lm_params(lm, template=template, max_length=int(max_length)),
                     inputs=inputs, meta=lm.meta())
     results = {"ifd": ws.run_chunked(ifd_step, ids, compute_ifd, chunk_size=chunk_size,
-                                     progress=progress, force=force), "rifd": None}
+                                     progress=progress, force=force, executor=executor),
+               "rifd": None}
     if with_reverse:
         def compute_rifd(chunk: np.ndarray, chunk_progress) -> pd.DataFrame:
             rows = frame.loc[chunk]
             scores = rifd_scores(lm, rows["instruction"].tolist(), rows["input"].tolist(),
                                  rows["output"].tolist(), max_length=max_length,
-                                 token_budget=token_budget, progress=chunk_progress)
+                                 token_budget=token_budget, progress=chunk_progress,
+                                 template=template)
             scores.insert(0, "sample_id", np.asarray(chunk, dtype=np.int64))
             return scores
 
-        rifd_step = Step(RIFD_SCORE, lm_params(lm, max_length=int(max_length)), inputs=inputs,
-                         meta=lm.meta())
+        rifd_step = Step(RIFD_SCORE, lm_params(lm, template=template,
+                                               max_length=int(max_length),
+                                               scorer_version=RIFD_SCORER_VERSION),
+                         inputs=inputs, meta=lm.meta())
         results["rifd"] = ws.run_chunked(rifd_step, ids, compute_rifd, chunk_size=chunk_size,
-                                         progress=progress, force=force)
+                                         progress=progress, force=force, executor=executor)
     return results
 
 
@@ -317,16 +343,21 @@ def _lm_arguments(p) -> None:
     from ..args import positive_int
 
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="local Hugging Face causal-LM folder (default: SmolLM2-135M-Instruct)")
+                   help="local Hugging Face causal-LM folder, or `brief` for the workspace's "
+                        "brief model (brief-model); default: SmolLM2-135M-Instruct")
     p.add_argument("--template", choices=TEMPLATES, default="none",
                    help="prompt template (default none, as Superfiltering)")
     p.add_argument("--max-length", type=positive_int, default=512,
                    help="tokens per sequence (512)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto = fp32 on CPU (exact); bfloat16 is faster on CPU with AMX")
+                   help="auto = fp32 on CPU (exact), bf16 on CUDA (fp16 without bf16); "
+                        "bfloat16 is faster on CPU with AMX")
     p.add_argument("--chunk-size", type=positive_int, default=256,
                    help="samples per resumable chunk")
     p.add_argument("--force", action="store_true", help="recompute even if up to date")
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(p)
 
 
 def score_summary(frame: pd.DataFrame, score: str, reason: str) -> str:
@@ -348,6 +379,9 @@ def _cli_ifd(args) -> int:
     from ..text import terminal_safe
     from ..workspace import Workspace
 
+    from ..executors import executor_from_args
+
+    executor = executor_from_args(args)
     ws = Workspace.open(args.workspace)
     ids = ws.pick_sample_ids(args.sample, args.seed, args.limit)
     start = time.perf_counter()
@@ -355,7 +389,7 @@ def _cli_ifd(args) -> int:
         results = run_ifd(ws, ids, model=args.model, template=args.template,
                           max_length=args.max_length, with_reverse=args.with_reverse,
                           dtype=args.dtype, progress=bar, chunk_size=args.chunk_size,
-                          force=args.force)
+                          force=args.force, executor=executor)
     took = time.perf_counter() - start
     for name, score, reason in (("ifd", "ifd", "missing_reason"),
                                 ("rifd", "rifd", "rifd_missing_reason")):

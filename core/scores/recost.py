@@ -142,6 +142,20 @@ def retrieve_demos(sample_emb: np.ndarray, ref_emb: np.ndarray, k: int = 5,
     return idx_out, sim_out
 
 
+def demonstrations(rows: pd.DataFrame, ref_rows: Sequence[tuple], ref_emb: np.ndarray, k: int,
+                   embed_model=None) -> tuple[list[list[tuple]], list[list[int]]]:
+    """The ``k`` trusted (Q, X, A) rows retrieved for each row of ``rows`` by instruction
+    embedding, never the row itself (docs/methods.md §4), and their reference positions."""
+    from ..embed import embed_texts, embedding_text
+
+    emb = embed_texts(embedding_text(rows, "instruction"), model=embed_model)
+    keys = [row_text(a, b, c) for a, b, c in zip(rows["instruction"], rows["input"],
+                                                  rows["output"])]
+    idx, _ = retrieve_demos(emb, ref_emb, k, keys, [row_text(*r) for r in ref_rows])
+    picked = [[int(j) for j in r if j >= 0] for r in idx]
+    return [[ref_rows[j] for j in r] for r in picked], picked
+
+
 def row_text(instruction: Any, input: Any, output: Any) -> str:
     """The exact-duplicate key of a row (instruction, input, output)."""
     return "\x1f".join((as_text(instruction), as_text(input), as_text(output)))
@@ -197,15 +211,19 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
                max_length: int = 512, knowledge_max_length: int | None = None,
                dtype: str = "auto", embed_model=None,
                progress: Progress | None = None, chunk_size: int = 256,
-               token_budget: int = DEFAULT_TOKEN_BUDGET, force: bool = False):
+               token_budget: int = DEFAULT_TOKEN_BUDGET, force: bool = False,
+               executor=None):
     """RECOST scores of every sample into scores/recost.parquet against a trusted reference
     set (a dataset file or a saved selection). Reuses IFD's loss_conditioned as entropy_plain
-    when scores/ifd.parquet was made with the same model, dtype, template and max_length."""
-    from ..embed import embed_texts, embedding_text
+    when scores/ifd.parquet was made with the same model, dtype, template and max_length.
+    ``executor`` computes the chunks (core/executors: local, or Ray)."""
+    from ..embed import embedding_text
 
     if k < 1:
         raise InputError("k must be at least 1", field="k")
-    lm = load_scoring_lm(model, dtype)
+    from ..lm.models import resolve_model
+
+    lm = load_scoring_lm(resolve_model(model, ws), dtype)  # "brief": the workspace's model
     frame, ids = scoring_frame(ws, None)
     ref, ref_fp = _reference_frame(ws, reference)
     if len(ref) == 0:
@@ -216,7 +234,6 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
     ref_emb = reference_embeddings(ws, ref_fp, embedding_text(ref, "instruction"), embed_model)
     ref_rows = list(zip(ref["instruction"].map(as_text), ref["input"].map(as_text),
                         ref["output"].map(as_text)))
-    ref_keys = [row_text(*r) for r in ref_rows]
     plain_params = lm_params(lm, template=template, max_length=int(max_length))
     reuse = None
     meta = ws.meta(IFD_SCORE)
@@ -226,11 +243,7 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
         reuse = dict(zip(prev["sample_id"].tolist(), prev["loss_conditioned"].tolist()))
     def compute(chunk: np.ndarray, chunk_progress) -> pd.DataFrame:
         rows = frame.loc[chunk]
-        emb = embed_texts(embedding_text(rows, "instruction"), model=embed_model)
-        keys = [row_text(a, b, c) for a, b, c in zip(rows["instruction"], rows["input"],
-                                                      rows["output"])]
-        idx, _ = retrieve_demos(emb, ref_emb, k, keys, ref_keys)
-        demos = [[ref_rows[j] for j in r if j >= 0] for r in idx]
+        demos, picked = demonstrations(rows, ref_rows, ref_emb, k, embed_model)
         plain = None
         if reuse is not None and all(int(i) in reuse for i in chunk):
             plain = [reuse[int(i)] for i in chunk]
@@ -242,8 +255,7 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
                                token_budget=token_budget, progress=chunk_progress)
         scores.insert(0, "sample_id", np.asarray(chunk, dtype=np.int64))
         scores.insert(len(scores.columns) - 1, "demo_rows",
-                      pd.Series([[int(j) for j in r if j >= 0] for r in idx], dtype=object,
-                                index=scores.index))
+                      pd.Series(picked, dtype=object, index=scores.index))
         return scores
 
     params = {**plain_params, "k": int(k), "embed_model": str(embed_model or "default"),
@@ -253,20 +265,24 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
                 external={"reference": ref_fp},
                 meta={**lm.meta(), "reference": ref_fp, "reused_ifd_entropy": reuse is not None})
     return ws.run_chunked(step, ids, compute, chunk_size=chunk_size, progress=progress,
-                          force=force)
+                          force=force, executor=executor)
 
 
 def cli_recost(args) -> int:
     from ..text import terminal_safe
     from ..workspace import Workspace
 
+    from ..executors import executor_from_args
+
+    executor = executor_from_args(args)
     ws = Workspace.open(args.workspace)
     start = time.perf_counter()
     with TqdmProgress("RECOST", unit="sample") as bar:
         res = run_recost(ws, args.reference, k=args.k, model=args.model,
                          template=args.template, max_length=args.max_length,
                          knowledge_max_length=args.knowledge_length, dtype=args.dtype,
-                         progress=bar, chunk_size=args.chunk_size, force=args.force)
+                         progress=bar, chunk_size=args.chunk_size, force=args.force,
+                         executor=executor)
     state = "up to date" if res.cached else "wrote"
     print(terminal_safe(f"{state} {ws.path('scores', 'recost.parquet')}"))
     print(terminal_safe(score_summary(res.value, "recost", "recost_missing_reason"),

@@ -10,6 +10,12 @@ whole class when all its scores tie); noise rates are clipped to [0.05, 0.95] (t
 only replaces values ≥ 1 or ≤ 0); each epoch subsamples 90 % of the rated samples (the
 reference caps the subsample at 50,000 for GPU memory) and votes come from the first k
 neighbours inside the subsample.
+
+Reference variants (docs/methods.md §3, "Reference variants"): ``self_vote`` (docta
+``count_knn_distribution``: k votes counting the sample itself, whose distance is replaced by
+2·d₁ − d₂ of its first two neighbours in the subsample) and the majority-vote detector
+``detector="mv"`` (docta ``simi_feat_batch`` with ``method='mv'``: flag a sample whenever
+its neighbours' top class is not its rating; T and the noise rates are not used).
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..progress import Progress, report
 from .hoc import check_graph, first_valid
 from .ratings import MISSING
 
 _STREAM_SIMIFEAT = 3  # the random stream of the epochs' subsamples (``hoc`` uses 1 and 2)
+DETECTORS = ("rank", "mv")  # SimiFeat-rank (the paper's) and majority vote
+
+
+def check_detector(detector: str) -> None:
+    if detector not in DETECTORS:
+        raise InputError(f"unknown detector {detector!r}; choose {' or '.join(DETECTORS)}",
+                         field="detector")
 
 
 def class_noise_rates(T, p, histogram) -> np.ndarray:
@@ -61,22 +75,25 @@ def simifeat_subsamples(ratings, epochs: int, sample_fraction: float, seed: int)
 
 def detect_misratings(ratings, knn_indices, knn_similarities, noise_rates, k: int = 10,
                       epochs: int = 51, sample_fraction: float = 0.9, seed: int = 0,
-                      self_vote: bool = False, progress: Progress | None = None
-                      ) -> pd.DataFrame:
-    """SimiFeat-rank: how often each rating looks like the noisy tail of its class.
+                      self_vote: bool = False, progress: Progress | None = None,
+                      detector: str = "rank") -> pd.DataFrame:
+    """SimiFeat: how often each rating looks wrong to its neighbours.
 
     Per epoch a random ``sample_fraction`` of the rated samples is drawn. Each sampled
     sample gets votes v_c = Σ_j (1 − d_j)[rating_j = c] from its first k rated neighbours
     inside the subsample (1 − d = cosine similarity, clipped at 0), and the score
     −log(v̂[own rating]) with v̂ = v / ‖v‖₂. In each class c the samples in the top ρ_c share
-    of scores are flagged. ``self_vote=True`` is the reference's variant: the sample votes
-    too, with weight 1 − (2 d₁ − d₂), and k − 1 neighbours.
+    of scores are flagged (``detector="rank"``); with ``detector="mv"`` a sample is flagged
+    when the class its neighbours vote most for is not its rating (``noise_rates`` unused).
+    ``self_vote=True`` is the reference's variant: the sample votes too, with weight
+    1 − (2 d₁ − d₂) from its first two voting neighbours, beside k − 1 neighbours.
 
     Returns per sample: ``times_sampled``, ``times_flagged``, ``noisy_avg`` =
     (flagged + 1)/(sampled + 2), ``flagged`` (noisy_avg > 0.5), ``suggested`` (the class
     other than its own most often voted top in flagged epochs, ties by total vote mass) and
     ``confidence`` = smoothed share of that suggestion × noisy_avg.
     """
+    check_detector(detector)
     ratings = np.asarray(ratings, dtype=np.int64)
     n = len(ratings)
     rho = np.asarray(noise_rates, dtype=np.float64)
@@ -100,17 +117,16 @@ def detect_misratings(ratings, knn_indices, knn_similarities, noise_rates, k: in
         votes = neighbour_votes(nbr_ratings[rows], weights[rows], use, num_classes)
         own = ratings[rows]
         if self_vote:
-            d = 1.0 - sims[rows]
-            d1 = np.where(usable[rows, 0], d[:, 0], 1.0)
-            d2 = np.where(usable[rows, 1], d[:, 1], 1.0) if idx.shape[1] > 1 else d1
-            votes[np.arange(len(rows)), own] += np.clip(1.0 - (2 * d1 - d2), 0.0, None)
+            votes[np.arange(len(rows)), own] += _self_weight(sims[rows], use)
         norm = np.linalg.norm(votes, axis=1)
         voted = norm > 0
         vhat = votes / np.where(voted, norm, 1.0)[:, None]
         score = -np.log(vhat[np.arange(len(rows)), own] + 1e-8)
         top = np.argmax(votes, axis=1)
         flag = np.zeros(len(rows), dtype=bool)
-        for c in range(num_classes):
+        if detector == "mv":
+            flag = voted & (top != own)
+        for c in range(num_classes if detector == "rank" else 0):
             members = (own == c) & voted
             if not members.any() or np.isnan(rho[c]):
                 continue
@@ -141,6 +157,19 @@ def detect_misratings(ratings, knn_indices, knn_similarities, noise_rates, k: in
         "suggested": np.where(is_rated, suggested, MISSING),
         "confidence": np.where(is_rated, confidence, np.nan),
     })
+
+
+def _self_weight(sims: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """The reference's self vote 1 − (2 d₁ − d₂), clipped at 0: d₁, d₂ are the cosine
+    distances of the first two voting neighbours (distance 1 for a missing one)."""
+    order = np.cumsum(use, axis=1)
+    d = 1.0 - sims
+
+    def nth(m: int) -> np.ndarray:
+        hit = use & (order == m)
+        return np.where(hit.any(axis=1), np.where(hit, d, 0.0).sum(axis=1), 1.0)
+
+    return np.clip(1.0 - (2.0 * nth(1) - nth(2)), 0.0, None)
 
 
 def long_tail_score(knn_similarities, k: int = 10, knn_indices=None) -> np.ndarray:

@@ -22,8 +22,12 @@ from .blocks import cluster_sizes, missing_mask
 from .steps import (FILTERS, RANKINGS, Budget, Context, DS2Ranking, ExcludeDuplicates,
                     ExcludeRejected, IFDRanking, NoRanking, RecostRanking, ReflectionRanking,
                     ScoreRanking, Step, StepOutcome, Threshold)
+from .baselines import BASELINE_RANKINGS, BASELINES
+from .presets import PRESET_RANKINGS, PRESETS, SuperfilteringDRanking
 
 POLICIES = ("ifd", "reflection", "ds2", "recost", "threshold")
+# every ranking a recipe file may name: the plain ones, the papers' presets, the baselines
+ALL_RANKINGS = {**RANKINGS, **PRESET_RANKINGS, **BASELINE_RANKINGS}
 
 
 @dataclass
@@ -57,6 +61,15 @@ class Recipe:
     ranking: Step = field(default_factory=NoRanking)
     budget: Budget = field(default_factory=Budget)
 
+    def __post_init__(self):
+        # A preset fixes its budget's base (presets.py): the same ratio means what its
+        # reference script means; "none": the script takes every row that passes.
+        base = getattr(self.ranking, "budget_base", None)
+        if base == "none":
+            self.budget = Budget()
+        elif base is not None and self.budget.ratio_of != base:
+            self.budget = dataclasses.replace(self.budget, ratio_of=base)
+
     # ----- (de)serialisation -----
     def to_dict(self) -> dict:
         return {"filters": [f.to_dict() for f in self.filters],
@@ -77,7 +90,7 @@ class Recipe:
             raise InputError(f"must be a list of filters, not {shown(filters)}",
                              field="filters")
         filters = [_make(f, FILTERS, "filter", f"filters[{i}]") for i, f in enumerate(filters)]
-        ranking = _make(spec.get("ranking") or {"type": "none"}, RANKINGS, "ranking",
+        ranking = _make(spec.get("ranking") or {"type": "none"}, ALL_RANKINGS, "ranking",
                         "ranking")
         budget_spec = spec.get("budget") or {}
         if not isinstance(budget_spec, dict):
@@ -138,7 +151,8 @@ class Recipe:
         def record(step: Step, rows_in: int, outcome: StepOutcome) -> None:
             reports.append({"step": step.label(), "type": step.kind,
                             "rows_in": rows_in, "rows_out": len(outcome.kept),
-                            "dropped": {r: int(len(v)) for r, v in outcome.reasons.items()}})
+                            "dropped": {r: int(len(v)) for r, v in outcome.reasons.items()},
+                            **({"notes": outcome.notes} if outcome.notes else {})})
             for reason, ids in outcome.reasons.items():
                 dropped.append(pd.DataFrame({"sample_id": ids, "step": step.label(),
                                              "reason": reason}))
@@ -151,6 +165,8 @@ class Recipe:
         if isinstance(self.ranking, RecostRanking):
             n_scored = int((~missing_mask(current[self.ranking.column])).sum())
             outcome = self.ranking.rank(current, ctx, self.budget.size(ctx, n_scored))
+        elif getattr(self.ranking, "wants_budget", False):  # facility location, k-center
+            outcome = self.ranking.rank(current, ctx, self.budget.size(ctx, len(current)))
         else:
             outcome = self.ranking.rank(current, ctx)
         record(self.ranking, len(current), outcome)
@@ -173,6 +189,7 @@ def make_recipe(policy: str, *, budget: int | None = None, ratio: float | None =
                 drop: str = "ge1", rating_column: str | None = None,
                 min: dict[str, float] | None = None, max: dict[str, float] | None = None,
                 exclude_duplicates: bool = False, exclude_rejected: bool = False,
+                exclude_near_duplicates: bool = False, exclude_contaminated: bool = False,
                 per_cluster_cap: int | None = None, stratified: bool = False) -> Recipe:
     """The recipe of one named policy with the common options (what the ``select`` flags and
     the app's simple mode build). Filters run in the order: duplicates, rejected, then the
@@ -184,6 +201,10 @@ def make_recipe(policy: str, *, budget: int | None = None, ratio: float | None =
         filters.append(ExcludeDuplicates())
     if exclude_rejected:
         filters.append(ExcludeRejected())
+    if exclude_near_duplicates:
+        filters.append(FILTERS["exclude_near_duplicates"]())
+    if exclude_contaminated:
+        filters.append(FILTERS["exclude_contaminated"]())
     bounds: dict[str, dict] = {}
     for key, given in (("min", min), ("max", max)):
         for col, value in (given or {}).items():
@@ -207,6 +228,29 @@ def make_recipe(policy: str, *, budget: int | None = None, ratio: float | None =
     return Recipe(filters, ranking, Budget(n=budget, ratio=ratio, ratio_of=ratio_of,
                                            per_cluster_cap=per_cluster_cap,
                                            stratified=stratified))
+
+
+def named_ranking(name: str, *, ifd_num: int | None = None, seed: int = 0) -> Step:
+    """The ranking of a paper's preset (``presets.PRESETS``: cherry, superfiltering,
+    superfiltering-d, reflection) or of a baseline (``baselines.BASELINES``: longest, random,
+    kcenter). ``ifd_num`` is Superfiltering.D's, ``seed`` the random and k-center one's."""
+    if name in PRESETS:
+        kind = PRESETS[name][0]
+        return SuperfilteringDRanking(ifd_num) if kind == "superfiltering_d" else \
+            PRESET_RANKINGS[kind]()
+    if name in BASELINES:
+        kind = BASELINES[name][0]
+        return BASELINE_RANKINGS[kind](seed=int(seed)) if kind in ("random", "kcenter") \
+            else BASELINE_RANKINGS[kind]()
+    raise InputError(f"unknown preset or baseline {name!r}; choose one of "
+                     f"{', '.join([*PRESETS, *BASELINES])}")
+
+
+def with_ranking(recipe: Recipe, ranking: Step) -> Recipe:
+    """``recipe``'s filters and budget with another ranking (a preset fixes the budget's
+    base, ``Recipe.__post_init__``): how the CLI and the app put a preset or a baseline
+    behind the usual filters."""
+    return Recipe(list(recipe.filters), ranking, recipe.budget)
 
 
 # ----- checking a hand-written recipe -------------------------------------------------------

@@ -19,14 +19,14 @@ from ..paths import child_path, is_valid_name
 from ..workspace import AUDIT, EMBEDDINGS, MAP, SAMPLES, Workspace, now_iso
 from .blocks import cluster_sizes, group_label, label_sort_key
 from .recipe import Recipe, Selection, shown
-from .steps import Context, DS2Ranking, ExcludeRejected
+from .steps import Context, DS2Ranking, ExcludeRejected, Tagged
 from .table import map_clusters, read_source, score_table
 
 SELECTIONS = "selections"
 
 
 def _reads_audit(recipe: Recipe) -> bool:
-    return any(isinstance(s, (ExcludeRejected, DS2Ranking)) for s in recipe.steps())
+    return any(isinstance(s, (ExcludeRejected, DS2Ranking, Tagged)) for s in recipe.steps())
 
 
 def _needs_embeddings(recipe: Recipe) -> bool:
@@ -43,6 +43,10 @@ def selection_context(ws: Workspace, recipe: Recipe,
         ctx.embeddings = embeddings() if embeddings is not None else ws.embeddings()
     if _reads_audit(recipe):
         ctx.audit = read_log(ws)
+    if any(isinstance(s, Tagged) for s in recipe.steps()):
+        from ..tags import tag_sets
+
+        ctx.tags = tag_sets(ws)
     if recipe.budget.stratified:
         ctx.cluster_sizes = cluster_sizes(map_clusters(ws)["cluster"].to_numpy())
     return ctx
@@ -72,12 +76,26 @@ def run_selection(ws: Workspace, recipe: Recipe | dict | str | Path,
     for step in recipe.steps():
         if isinstance(step, DS2Ranking):  # a DS2 score name typed for its column
             step.rating_column = resolve_rating_column(ws, step.rating_column)
+    _require_scores(ws, recipe)
     frame = score_table(ws, recipe.columns())
     selection = recipe.apply(frame, selection_context(ws, recipe))
     selection.inputs = _inputs(ws, recipe, frame.attrs.get("files", []))
     selection.name = name
     selection.created = now_iso()
     return selection
+
+
+def _require_scores(ws: Workspace, recipe: Recipe) -> None:
+    """A preset reads named score files (``presets.PresetStep.required_scores``): a missing
+    one is a one-line error naming it and the command that makes it."""
+    have = set(ws.score_names())
+    for step in recipe.steps():
+        for name, command in getattr(step, "required_scores", dict)().items():
+            if name not in have:
+                raise InputError(f"{step.label()} needs the score scores/{name}.parquet, "
+                                 f"which this workspace lacks; make it with `"
+                                 f"{command.replace('WS', str(ws.root))}`",
+                                 field=f"scores/{name}")
 
 
 def selection_path(ws: Workspace, name: str) -> Path:

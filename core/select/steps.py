@@ -28,6 +28,7 @@ import pandas as pd
 from ..audit import curated_in_force, fold_log, rejected_in
 from ..errors import InputError
 from ..names import ds2_score_name
+from ..tags import check_tag
 from .blocks import (as_float, budget_size, cap_per_cluster, diversity_consistent_sample,
                      dual_sort, ifd_keep_mask, missing_mask, rank_ids, stratified_take,
                      threshold_mask)
@@ -45,6 +46,7 @@ class Context:
     cluster_sizes: dict[Any, int] | None = None  # for stratified budgets
     n_all: int = 0                              # rows in the workspace
     n_candidates: int = 0                       # rows left after the filters
+    tags: dict[str, set[int]] = field(default_factory=dict)  # core.tags.tag_sets
 
 
 @dataclass
@@ -53,6 +55,7 @@ class StepOutcome:
 
     kept: pd.DataFrame
     reasons: dict[str, np.ndarray]  # reason -> dropped sample ids
+    notes: dict = field(default_factory=dict)  # extra facts for the step's report
 
 
 class Step:
@@ -171,6 +174,67 @@ class ExcludeRejected(Step):
         rejected = rejected_in(fold_log(ctx.audit))
         return _split(frame, ~frame["sample_id"].isin(rejected).to_numpy(),
                       "rejected in audit")
+
+
+@dataclass
+class ExcludeNearDuplicates(Step):
+    """Drop near-duplicates (``core.dedup``: in a group of ``scores/dedup.parquet`` and not
+    its keeper); run ``python -m core dedup`` first."""
+
+    kind = "exclude_near_duplicates"
+
+    def columns(self):
+        return ["dedup.near_duplicate"]
+
+    def apply(self, frame, ctx):
+        return _split(frame, as_float(frame["dedup.near_duplicate"]) != 1, "near-duplicate")
+
+
+@dataclass
+class ExcludeContaminated(Step):
+    """Drop rows that overlap an eval set (``core.decontam``: ``contaminated`` in
+    ``scores/decontam.parquet``); run ``python -m core decontaminate`` first."""
+
+    kind = "exclude_contaminated"
+
+    def columns(self):
+        return ["decontam.contaminated"]
+
+    def apply(self, frame, ctx):
+        return _split(frame, as_float(frame["decontam.contaminated"]) != 1,
+                      "overlaps the eval set")
+
+
+@dataclass
+class Tagged(Step):
+    """Keep only rows carrying ``tag`` (``core.tags``: tags live in the audit log)."""
+
+    tag: str
+    kind = "tagged"
+
+    def __post_init__(self):
+        check_tag(self.tag)
+
+    def label(self):
+        return f"tagged {self.tag}"
+
+    def apply(self, frame, ctx):
+        return _split(frame, frame["sample_id"].isin(ctx.tags.get(self.tag, set())).to_numpy(),
+                      f"not tagged {self.tag}")
+
+
+@dataclass
+class ExcludeTagged(Tagged):
+    """Drop rows carrying ``tag``."""
+
+    kind = "exclude_tagged"
+
+    def label(self):
+        return f"exclude tagged {self.tag}"
+
+    def apply(self, frame, ctx):
+        return _split(frame, ~frame["sample_id"].isin(ctx.tags.get(self.tag, set())).to_numpy(),
+                      f"tagged {self.tag}")
 
 
 # ----- rankings ---------------------------------------------------------------------------
@@ -391,6 +455,8 @@ class Budget(Step):
 
 
 FILTERS = {"threshold": Threshold, "exclude_duplicates": ExcludeDuplicates,
-           "exclude_rejected": ExcludeRejected}
+           "exclude_rejected": ExcludeRejected, "exclude_near_duplicates": ExcludeNearDuplicates,
+           "exclude_contaminated": ExcludeContaminated, "tagged": Tagged,
+           "exclude_tagged": ExcludeTagged}
 RANKINGS = {"ifd": IFDRanking, "reflection": ReflectionRanking, "ds2": DS2Ranking,
             "recost": RecostRanking, "score": ScoreRanking, "none": NoRanking}

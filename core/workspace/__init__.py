@@ -319,11 +319,13 @@ class Workspace:
     def run_chunked(self, step: Step, sample_ids: Sequence[int],
                     compute: Callable[[np.ndarray, Callable], pd.DataFrame],
                     chunk_size: int = 256, progress: Progress | None = None,
-                    force: bool = False, summary: Callable[[pd.DataFrame], dict] | None = None
-                    ) -> StepResult:
-        """Run a per-sample step in resumable chunks: ``steps.run_chunked``."""
+                    force: bool = False, summary: Callable[[pd.DataFrame], dict] | None = None,
+                    executor=None) -> StepResult:
+        """Run a per-sample step in resumable chunks (``executor``: where, core/executors):
+        ``steps.run_chunked``."""
         return steps.run_chunked(self, step, sample_ids, compute, chunk_size=chunk_size,
-                                 progress=progress, force=force, summary=summary)
+                                 progress=progress, force=force, summary=summary,
+                                 executor=executor)
 
     def stored_rows(self, step: Step, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Rows of ``step`` already computed under its current key: ``steps.stored_rows``."""

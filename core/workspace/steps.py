@@ -146,7 +146,8 @@ def stored_rows(ws: "Workspace", step: Step, columns: Sequence[str] | None = Non
 def run_chunked(ws: "Workspace", step: Step, sample_ids: Sequence[int],
                 compute: Callable[[np.ndarray, ChunkProgress], pd.DataFrame],
                 chunk_size: int = 256, progress: Progress | None = None, force: bool = False,
-                summary: Callable[[pd.DataFrame], dict] | None = None) -> StepResult:
+                summary: Callable[[pd.DataFrame], dict] | None = None,
+                executor=None) -> StepResult:
     """Compute ``step`` for ``sample_ids`` with ``compute(ids, progress) -> frame`` in chunks.
 
     The result (``step.name``, keyed by ``sample_id``) is merged from the stored result and
@@ -154,8 +155,12 @@ def run_chunked(ws: "Workspace", step: Step, sample_ids: Sequence[int],
     skipped, so a rerun after a kill resumes and a larger request extends the result; a
     changed key starts afresh. ``compute`` reports progress inside its chunk in any unit
     (``progress(done, total, note)``); the workspace turns it into rows of the whole run.
-    ``summary(result)`` adds fields to the sidecar (counts).
+    ``summary(result)`` adds fields to the sidecar (counts). ``executor`` (core/executors:
+    local by default, or Ray) computes the chunks; each finished chunk comes back here to be
+    written, so resuming and the final file are the same wherever chunks ran.
     """
+    from ..executors import LOCAL
+
     key, inputs = step_key(ws, step)
     path = ws.path(step.name)
     parts = _parts(ws, step, key)
@@ -187,9 +192,10 @@ def run_chunked(ws: "Workspace", step: Step, sample_ids: Sequence[int],
     # after the last chunk on disk, so a deleted damaged chunk never makes a name reused
     next_index = 1 + max((int(p.stem.split("-")[1]) for p in parts.glob("chunk-*.parquet")),
                          default=-1)
-    for lo in range(0, len(todo), chunk_size):
-        ids = todo[lo:lo + chunk_size]
-        frame = compute(ids, _within(progress, finished, len(ids), total))
+    executor = executor or LOCAL
+
+    def store(ids: np.ndarray, frame: pd.DataFrame) -> None:
+        nonlocal next_index, finished
         if "sample_id" not in frame or len(frame) != len(ids):
             raise RuntimeError(f"step {step.name} returned {len(frame)} rows for {len(ids)} ids")
         atomic.write_parquet(parts / f"chunk-{next_index:06d}.parquet", frame)
@@ -197,13 +203,17 @@ def run_chunked(ws: "Workspace", step: Step, sample_ids: Sequence[int],
         next_index += 1
         finished += len(ids)
         report(progress, finished, total, "")
+
+    executor.run([todo[lo:lo + chunk_size] for lo in range(0, len(todo), chunk_size)], compute,
+                 store, lambda rows: _within(progress, finished, rows, total))
     result = pd.concat([f for f in [have, *chunks] if len(f)], ignore_index=True)
     result = result.drop_duplicates("sample_id", keep="last").sort_values("sample_id")
     result = result.reset_index(drop=True)
     step.codec.write(path, result)
     earlier = float((old or {}).get("duration_s", 0)) if len(have) else 0.0
     meta = _sidecar(ws, step, key, inputs, time.perf_counter() - start + earlier,
-                    {"rows": int(len(result)), **(summary(result) if summary else {})})
+                    {"rows": int(len(result)), **executor.describe(),
+                     **(summary(result) if summary else {})})
     ws._write_meta(step.name, meta)
     shutil.rmtree(ws.path(step.name + ".parts"), ignore_errors=True)
     return StepResult(result, meta, False)

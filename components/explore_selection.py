@@ -1,0 +1,79 @@
+"""The Explore page's selection and inspected sample, kept in one place in session state.
+
+The map, the histogram and the inspector all read :data:`SELECTED` (the sample_ids picked
+on the map), so a new colouring keeps the selection everywhere (the map redraws it from
+``selectedpoints``) and clearing it clears it everywhere. Clearing also gives the map
+widget a new key: plotly's own box or lasso outline goes with it.
+
+:data:`INSPECTED` is the sample read in full under the table; the map rings it. A click on
+any cell of the table (not only the row's checkbox) opens that row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import streamlit as st
+
+from .map import selected_ids
+
+SELECTED = "explore_selected_ids"  # sample_ids picked on the map (tests set it directly)
+INSPECTED = "explore_inspected_id"
+MAP_KEY = "explore_map"
+_GENERATION = "explore_map_generation"
+TABLE_SELECTION_MODES = ("single-row", "single-cell")
+
+
+def map_key() -> str:
+    """Key of the map widget; a new one after :func:`clear_selection`."""
+    generation = st.session_state.get(_GENERATION, 0)
+    return MAP_KEY if not generation else f"{MAP_KEY}-{generation}"
+
+
+def remember_selection() -> None:
+    """``on_select`` of the map: the picked points become the page's selection."""
+    event = st.session_state.get(map_key())
+    points = event.selection.points if event is not None else []
+    st.session_state[SELECTED] = selected_ids(points)
+
+
+def clear_selection() -> None:
+    """Forget the selection for the map, the histogram and the inspector at once."""
+    st.session_state[SELECTED] = []
+    st.session_state.pop(INSPECTED, None)
+    st.session_state[_GENERATION] = st.session_state.get(_GENERATION, 0) + 1
+
+
+def current_selection(known: set[int]) -> list[int]:
+    """The selected sample_ids that still exist in the workspace, in order."""
+    return [i for i in st.session_state.get(SELECTED, []) if i in known]
+
+
+def inspected_sample(ids: Sequence[int]) -> int | None:
+    """The sample being read: the one last opened when it is still listed, else the first."""
+    if not ids:
+        return None
+    current = st.session_state.get(INSPECTED)
+    return current if current in set(ids) else int(ids[0])
+
+
+def clicked_position(event: Any) -> int | None:
+    """Row position a click picked in the table: a selected row or any selected cell."""
+    if event is None:
+        return None
+    selection = event.selection
+    rows = list(selection.get("rows", []) or [])
+    if rows:
+        return int(rows[0])
+    cells = list(selection.get("cells", []) or [])
+    if cells:
+        return int(cells[0][0])
+    return None
+
+
+def open_sample(sample_id: int) -> None:
+    """Make ``sample_id`` the inspected one; rerun the whole page when it changed, so the
+    map's ring moves to it (the inspector itself runs as a fragment)."""
+    if st.session_state.get(INSPECTED) != sample_id:
+        st.session_state[INSPECTED] = sample_id
+        st.rerun()
