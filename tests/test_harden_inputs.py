@@ -485,9 +485,8 @@ CORPUS = {  # file -> the test that reads it (the CLI batch reads most of them t
     "audit_malformed.jsonl": "test_malformed_audit_lines_are_skipped_with_a_warning_naming_each",
     **{name: "test_recipe_files_with_wrong_types_name_the_file_and_field" for name in RECIPES},
     **{name: "test_hand_edited_selections_name_the_file_and_field" for name in SELECTIONS},
-    **{name: "test_score_and_map_files_with_wrong_columns_or_types_name_file_and_field"
-       for name in ("score_wrong_columns.parquet", "score_wrong_types.parquet",
-                    "map_wrong_columns.parquet")},
+    **{n: "test_score_and_map_files_with_wrong_columns_or_types_name_file_and_field" for n in
+       ("score_wrong_columns.parquet", "score_wrong_types.parquet", "map_wrong_columns.parquet")},
 }
 
 

@@ -1,6 +1,6 @@
 """LLM ratings (core/raters/): prompt, answer parsing, the OpenAI-compatible backend against a
-fake server on 127.0.0.1, the response cache and resuming, the CLI, and the local backend on
-real Alpaca rows."""
+fake server on 127.0.0.1, the response cache and resuming, and the CLI (the local backend on
+real rows: test_rate_local.py)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ import pandas as pd
 import pytest
 
 from core.errors import Cancelled, InputError
-from core.raters.backends import LocalRater, OpenAIRater, public_url, retry_after_seconds
+from core.raters.backends import OpenAIRater, public_url, retry_after_seconds
 from core.raters.cache import ResponseCache
 from core.raters.prompt import explain_rating, parse_rating, prompt_sha256, rating_prompt
-from core.raters.run import (COLUMNS, UNPARSEABLE, check_rater_name, rater_names, rating_path,
+from core.raters.run import (UNPARSEABLE, check_rater_name, rater_names, rating_path,
                              ratings_for_curation, responses_path, run_rate)
 from core.workspace import Workspace
 from loopback import LoopbackServer, QuietHandler, chat_completion, read_json, send_json
-from real_rows import first_rows
 
 KEY_ENV = "CHERRYPICK_TEST_RATER_KEY"
 SECRET = "sk-test-3f9c1e7d-never-on-disk"
@@ -474,44 +473,3 @@ def test_cli_rate_writes_the_rating_file(tmp_path, capsys):
         assert code == 2
         assert "CHERRYPICK_UNSET_VARIABLE" in capsys.readouterr().err
     assert _files_contain(ws.root, SECRET) == []
-
-
-# ----- the local backend on real rows --------------------------------------------------------
-@pytest.mark.lm
-def test_local_backend_rates_real_alpaca_rows(tmp_path, data_dir):
-    rows = first_rows(data_dir / "alpaca_random_9k.jsonl.gz", 3)
-    samples = pd.DataFrame({
-        "sample_id": np.arange(3, dtype=np.int64), "source_row": np.arange(3, dtype=np.int64),
-        "instruction": [r["instruction"] for r in rows],
-        "input": [r.get("input", "") for r in rows], "output": [r["output"] for r in rows],
-        "record": [json.dumps(r) for r in rows],
-        "duplicate_of": pd.array([None] * 3, dtype="Int64")})
-    ws = Workspace.create(tmp_path / "ws", samples, source={"path": "alpaca_random_9k"})
-    import torch
-
-    threads = torch.get_num_threads()
-    rater = LocalRater(max_new_tokens=40, threads=1)  # one thread: the CPU is shared
-    result = run_rate(ws, rater, "smol")
-    assert torch.get_num_threads() == threads
-    frame = result.value
-    assert list(frame.columns) == list(COLUMNS)
-    assert frame["sample_id"].tolist() == [0, 1, 2]
-    for _, row in frame.iterrows():
-        assert pd.isna(row["request_error"])
-        if pd.isna(row["overall"]):
-            assert isinstance(row["parse_error"], str) and row["parse_error"]
-        else:
-            assert 1 <= row["overall"] <= 10 and pd.isna(row["parse_error"])
-    # every answer is on disk and parses to the same row again
-    entries = [json.loads(x) for x in responses_path(ws, "smol").read_text().splitlines()]
-    assert len(entries) == 3
-    for entry in entries:
-        row = frame.set_index("sample_id").loc[entry["sample_id"]]
-        parsed = parse_rating(entry["content"])
-        assert (parsed is None) == pd.isna(row["overall"])
-        if parsed is not None:
-            assert parsed["overall"] == row["overall"]
-        assert 0 < entry["response"]["completion_tokens"] <= 40
-    meta = ws.score_meta("rating_smol")
-    assert meta["backend"]["backend"] == "local" and meta["backend"]["decoding"] == "greedy"
-    assert meta["counts"]["rows"] == 3
