@@ -14,7 +14,8 @@ from core.errors import InputError
 from core.scores import ds2
 from core.scores.simifeat import detect_misratings
 from ds2_truth import TRUE_T, plain_curated, plain_noise_rates, plain_simifeat
-from test_ds2 import knn_graph, make_workspace, synthetic
+from test_ds2 import knn_graph, synthetic
+from test_ds2_runs import make_workspace
 from ui_fixture import fixture_ws  # noqa: F401
 
 FAST = dict(steps=200, epochs=7)
