@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,15 +35,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(fixture_ws, tmp_path_factory):
-    """A Streamlit server on a free loopback port, stopped in a finally."""
+@contextmanager
+def streamlit_server(env: dict, log_dir: Path, start_timeout_s: float = 60):
+    """``streamlit run app.py`` on a free loopback port with ``env``; yields its URL once
+    healthy and always stops it (the log goes to ``log_dir`` and into a start failure)."""
     port = _free_port()
-    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(fixture_ws.root),
-               CHERRYPICK_HOME=str(tmp_path_factory.mktemp("home")),
-               CHERRYPICK_DATA=str(tmp_path_factory.mktemp("no-data")),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    log = open(log_dir / "streamlit.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -50,7 +48,7 @@ def server(fixture_ws, tmp_path_factory):
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout_s
         while True:
             try:
                 if httpx.get(url + "/_stcore/health", timeout=2).text.strip() == "ok":
@@ -70,6 +68,17 @@ def server(fixture_ws, tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(fixture_ws, tmp_path_factory):
+    """A Streamlit server on the fixture workspace, stopped in a finally."""
+    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(fixture_ws.root),
+               CHERRYPICK_HOME=str(tmp_path_factory.mktemp("home")),
+               CHERRYPICK_DATA=str(tmp_path_factory.mktemp("no-data")),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with streamlit_server(env, tmp_path_factory.mktemp("log")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

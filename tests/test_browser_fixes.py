@@ -8,17 +8,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, _free_port, _open
+from test_browser import SHOTS, _open, browser, streamlit_server  # noqa: F401
 from test_browser import _settle as _settle_once
-from ui_fixture import REPO, fixture_ws  # noqa: F401
+from ui_fixture import fixture_ws  # noqa: F401
 
 pytestmark = pytest.mark.browser
 DS2 = "ds2_claude_ge_4_5"
@@ -38,52 +34,11 @@ def home(fixture_ws, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(home, tmp_path_factory):
     """A Streamlit server over ``home`` (no $CHERRYPICK_WORKSPACE), stopped in a finally."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "CHERRYPICK_WORKSPACE"}
     env.update(CHERRYPICK_HOME=str(home), CHERRYPICK_DATA=str(tmp_path_factory.mktemp("nd")),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/_stcore/health", timeout=2).text.strip() == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
-            time.sleep(0.3)
+    with streamlit_server(env, tmp_path_factory.mktemp("log")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"chromium not found at {CHROMIUM}: run `make browser`"
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _settle(page, timeout_ms: int = 120_000) -> None:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,9 +24,8 @@ from core.reflect.teacher import run_teacher, versions_name
 from core.workspace import Workspace
 from loopback import LoopbackServer
 from real_rows import first_rows
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _settle
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _settle, streamlit_server
 from test_reflect import DATA, SYNTHETIC, make_handler, make_ws, teacher
-from ui_fixture import REPO
 
 SHOTS = Path("/tmp/cherrypick-shots")
 
@@ -166,12 +161,6 @@ def test_replace_fields_keeps_the_schema_of_each_format():
 # ----- in a browser ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def reflected(tmp_path_factory):
     return reflected_app_ws(tmp_path_factory.mktemp("reflect-browser"))
@@ -179,39 +168,12 @@ def reflected(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(reflected, tmp_path_factory):
-    port = _free_port()
     env = dict(os.environ, CHERRYPICK_WORKSPACE=str(reflected.root),
                CHERRYPICK_HOME=str(tmp_path_factory.mktemp("home")),
                CHERRYPICK_DATA=str(tmp_path_factory.mktemp("no-data")),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/_stcore/health", timeout=2).text.strip() == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
-            time.sleep(0.3)
+    with streamlit_server(env, tmp_path_factory.mktemp("log"), start_timeout_s=90) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.browser
