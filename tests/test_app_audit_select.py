@@ -9,14 +9,13 @@ selections and exports it writes never leak into other tests.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui_fixture import REPO, fixture_ws  # noqa: F401
+from ui_fixture import REPO, fixture_ws, private_copy  # noqa: F401
 
 from components.audit_view import transition_counts
 from components.heatmap import annotated_heatmap, clicked_cell
@@ -32,15 +31,7 @@ DS2 = f"ds2_{RATING}"
 @pytest.fixture
 def ws(fixture_ws, tmp_path) -> Workspace:
     """A private copy of the fixture workspace (the pages write into it)."""
-    root = tmp_path / "ws"
-    shutil.copytree(fixture_ws.root, root)
-    for leftover in ("audit.jsonl", "selections", "exports"):
-        path = root / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return Workspace.open(root)
+    return private_copy(fixture_ws, tmp_path / "ws")
 
 
 def open_page(ws: Workspace, page: str, monkeypatch, tmp_path) -> AppTest:

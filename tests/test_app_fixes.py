@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui_fixture import REPO, fixture_ws  # noqa: F401
+from ui_fixture import REPO, fixture_ws, private_copy  # noqa: F401
 
 from components.colouring import clip_range
 from components.histogram import score_histogram
@@ -27,15 +27,7 @@ DS2 = "ds2_claude_ge_4_5"
 @pytest.fixture
 def ws(fixture_ws, tmp_path) -> Workspace:
     """A private copy of the fixture workspace (the pages write into it)."""
-    root = tmp_path / "ws"
-    shutil.copytree(fixture_ws.root, root)
-    for leftover in ("audit.jsonl", "selections", "exports"):
-        path = root / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return Workspace.open(root)
+    return private_copy(fixture_ws, tmp_path / "ws")
 
 
 def open_page(ws: Workspace, page: str, monkeypatch, tmp_path, **state) -> AppTest:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from test_browser import SHOTS, _open, browser, streamlit_server  # noqa: F401
 from test_browser import _settle as _settle_once
-from ui_fixture import fixture_ws  # noqa: F401
+from ui_fixture import fixture_ws, private_copy  # noqa: F401
 
 pytestmark = pytest.mark.browser
 DS2 = "ds2_claude_ge_4_5"
@@ -26,8 +25,7 @@ def home(fixture_ws, tmp_path_factory) -> Path:
     named to sort first ("aaa-other"), so a reload landing on the first folder shows."""
     folder = tmp_path_factory.mktemp("home")
     for name in ("fixture", "aaa-other"):
-        shutil.copytree(fixture_ws.root, folder / name,
-                        ignore=shutil.ignore_patterns("audit.jsonl", "selections", "exports"))
+        private_copy(fixture_ws, folder / name)
     return folder
 
 

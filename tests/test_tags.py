@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from real_rows import first_rows
 from test_browser_fixes import (MAP_TRACES, _settle, box_select, no_exception, open_explore,
                                 pick_colour, selected_count, shot)
 from test_browser_fixes import browser, server  # noqa: F401 - fixtures for the browser test
-from ui_fixture import REPO, cached_fixture_workspace
+from ui_fixture import REPO, cached_fixture_workspace, private_copy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COL = "claude_ge_4_5"
@@ -207,14 +206,7 @@ def test_cli_errors_are_one_line_and_exit_2(ws, capsys, argv, words):
 # the Explore page's bulk-action bar (AppTest on a private copy of the UI fixture)
 # ======================================================================================
 def _explore(fixture_ws, tmp_path, monkeypatch, picked):
-    root = tmp_path / "ui-ws"
-    shutil.copytree(fixture_ws.root, root)
-    for leftover in ("audit.jsonl", "selections", "exports"):
-        path = root / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    root = private_copy(fixture_ws, tmp_path / "ui-ws").root
     monkeypatch.setenv("CHERRYPICK_WORKSPACE", str(root))
     monkeypatch.setenv("CHERRYPICK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CHERRYPICK_DATA", str(tmp_path / "no-data"))
@@ -287,8 +279,7 @@ def test_bulk_bar_refuses_a_hostile_tag_name_in_plain_text(ui_fixture_ws, tmp_pa
 def home(tmp_path_factory) -> Path:
     """The workspaces folder ``server`` (test_browser_fixes.py) serves: one fixture copy."""
     folder = tmp_path_factory.mktemp("tag-home")
-    shutil.copytree(cached_fixture_workspace().root, folder / "fixture",
-                    ignore=shutil.ignore_patterns("audit.jsonl", "selections", "exports"))
+    private_copy(cached_fixture_workspace(), folder / "fixture")
     return folder
 
 

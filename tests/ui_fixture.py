@@ -148,6 +148,16 @@ def cached_fixture_workspace() -> Workspace:
     return Workspace.open(root)
 
 
+LEFT_BY_TESTS = ("audit.jsonl", "selections", "exports")
+
+
+def private_copy(ws: Workspace, root: str | Path) -> Workspace:
+    """A copy of ``ws`` at ``root`` without the decisions, selections and exports other tests
+    may have left in it: for tests whose pages write into their workspace."""
+    shutil.copytree(ws.root, root, ignore=shutil.ignore_patterns(*LEFT_BY_TESTS))
+    return Workspace.open(root)
+
+
 @pytest.fixture(scope="session")
 def fixture_ws() -> Workspace:
     """The shared UI fixture workspace (built on first use in a run)."""
