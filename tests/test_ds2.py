@@ -21,9 +21,8 @@ from core.scores import ds2
 from core.scores.hoc import (TransitionEstimator, consensus_counts, consensus_loss,
                              fit_transition, hoc_subsamples)
 from core.scores.ratings import to_classes
-from core.scores.simifeat import (detect_misratings, long_tail_score, neighbour_evidence,
-                                  simifeat_subsamples)
-from ds2_truth import TRUE_T
+from core.scores.simifeat import detect_misratings, long_tail_score, neighbour_evidence
+from ds2_truth import TRUE_T, plain_simifeat
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PRIOR = np.array([0.10, 0.20, 0.25, 0.20, 0.15, 0.10])
@@ -224,51 +223,6 @@ def test_noise_rates_follow_T_p_and_histogram(synthetic_20k):
         assert rep["noise_rates"][c] == pytest.approx(expected, abs=1e-9)
 
 
-def plain_simifeat(ratings, idx, sims, rho, k, epochs, fraction, seed):
-    """SimiFeat-rank as plain loops (docta ``simi_feat_batch`` + ``DetectLabel.simifeat``)
-    over the engine's seeded subsamples; votes from the first k rated in-sample neighbours."""
-    n, K = len(ratings), len(rho)
-    sampled, flagged = np.zeros(n), np.zeros(n)
-    tally, mass = np.zeros((n, K)), np.zeros((n, K))
-    for rows in simifeat_subsamples(ratings, epochs, fraction, seed):
-        members_of = set(rows.tolist())
-        score, top = {}, {}
-        for i in rows:
-            votes, used = [0.0] * K, 0
-            for j, sim in zip(idx[i], sims[i]):
-                if used == k:
-                    break
-                if j < 0 or j == i or j not in members_of or ratings[j] < 0:
-                    continue
-                votes[ratings[j]] += max(float(sim), 0.0)
-                used += 1
-            mass[i] += votes
-            norm = math.sqrt(sum(v * v for v in votes))
-            if norm == 0:
-                continue
-            sampled[i] += 1
-            score[i] = -math.log(votes[ratings[i]] / norm + 1e-8)
-            top[i] = votes.index(max(votes))
-        for c in range(K):
-            members = [i for i in score if ratings[i] == c]
-            if not members:
-                continue
-            threshold = np.percentile([score[i] for i in members], 100 * (1 - rho[c]))
-            for i in members:
-                if score[i] >= threshold and score[i] > 1e-6:
-                    flagged[i] += 1
-                    tally[i][top[i]] += 1
-    noisy_avg = (flagged + 1) / (sampled + 2)
-    suggested, confidence = [], []
-    for i in range(n):
-        share = mass[i] / max(mass[i].sum(), 1e-12)
-        best = max((c for c in range(K) if c != ratings[i]),
-                   key=lambda c: (tally[i][c] + 0.5 * share[c], -c))
-        suggested.append(best)
-        confidence.append((tally[i][best] + 1) / (tally[i].sum() + K) * noisy_avg[i])
-    return noisy_avg, np.array(suggested), np.array(confidence)
-
-
 def test_simifeat_equals_the_plain_loop():
     x, _, rated = synthetic(300, seed=12, clusters=15, T=TRUE_T[:3, :3] / TRUE_T[:3, :3].sum(
         axis=1, keepdims=True), prior=np.array([0.3, 0.4, 0.3]))
@@ -277,10 +231,12 @@ def test_simifeat_equals_the_plain_loop():
     sims = sims.astype(np.float64)
     rho = np.array([0.2, 0.35, 0.1])
     engine = detect_misratings(rated, idx, sims, rho, k=10, epochs=4, seed=3)
-    noisy_avg, suggested, confidence = plain_simifeat(rated, idx, sims, rho, 10, 4, 0.9, 3)
+    noisy_avg, flagged, suggested, confidence = plain_simifeat(rated, idx, sims, rho, k=10,
+                                                               epochs=4, fraction=0.9, seed=3)
     ok = rated >= 0
     np.testing.assert_allclose(engine["noisy_avg"][ok], noisy_avg[ok], atol=1e-12)
     np.testing.assert_array_equal(engine["flagged"], ok & (noisy_avg > 0.5))
+    np.testing.assert_array_equal(flagged, ok & (noisy_avg > 0.5))
     np.testing.assert_array_equal(engine["suggested"][ok], suggested[ok])
     np.testing.assert_allclose(engine["confidence"][ok], confidence[ok], atol=1e-12)
     assert engine["noisy_avg"][~ok].isna().all() and (engine["suggested"][~ok] == -1).all()
