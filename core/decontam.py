@@ -249,7 +249,7 @@ def check_export(ws: Workspace, sample_ids: np.ndarray, allow: bool = False) -> 
 # ----- CLI -----------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``decontaminate`` to the ``python -m core`` argument parser."""
-    from .args import positive_int, ratio
+    from .args import positive_int, probability, ratio
 
     p = subparsers.add_parser(
         "decontaminate", help="flag rows that overlap an eval set (n-grams, embeddings)",
@@ -262,7 +262,7 @@ def register_cli(subparsers) -> None:
                    help="eval set file(s), any import format")
     p.add_argument("--ngram", type=positive_int, choices=NGRAM_SIZES, default=13,
                    help="words per n-gram (13, default, or 8)")
-    p.add_argument("--min-coverage", type=float, default=0.0,
+    p.add_argument("--min-coverage", type=probability, default=0.0,
                    help="flag only when this share of an eval item's n-grams is in the row "
                         "(default 0: any shared n-gram)")
     p.add_argument("--cosine", type=ratio, default=COSINE_THRESHOLD,

@@ -186,6 +186,11 @@ def test_cli_decontaminate(contaminated, tmp_path, capsys):
         main(["decontaminate", "--workspace", str(ws.root), "--eval", str(GSM8K),
               "--ngram", "5"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:      # checked by the flag's type, before work
+        main(["decontaminate", "--workspace", str(ws.root), "--eval", str(GSM8K),
+              "--min-coverage", "1.5"])
+    assert exit_info.value.code == 2
+    assert "between 0 and 1" in capsys.readouterr().err
     out = tmp_path / "x.jsonl"
     assert main(["export", "--workspace", str(ws.root), "--all", "--out", str(out)]) == 2
     assert main(["export", "--workspace", str(ws.root), "--all", "--out", str(out),
