@@ -133,12 +133,45 @@ def test_embeddings_on_ray_equal_local(tmp_path, rows, cluster):
     assert _sha(ws.path("embeddings.npy")) == _sha(local.path("embeddings.npy"))
 
 
+def test_reflect_student_on_ray_equals_local(tmp_path, cluster, monkeypatch):
+    """Selective Reflection-Tuning's student scores (four versions of each sample) computed
+    by Ray actors are the local executor's file, byte for byte. The versions come from
+    tests/test_reflect.py's fake teacher on 127.0.0.1, asked once; both workspaces score them."""
+    import shutil
+
+    from core.executors.ray_cluster import RayExecutor
+    from core.reflect.student import run_student, student_score_name
+    from core.reflect.teacher import run_teacher
+    from core.workspace import Workspace
+    from loopback import LoopbackServer
+    from test_reflect import SYNTHETIC, make_handler, make_ws, teacher
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    reflect_rows = first_rows(DATA / "alpaca_random_9k.jsonl.gz", 3) + [SYNTHETIC[1]]
+    local = make_ws(tmp_path, reflect_rows, "local")
+    with LoopbackServer(make_handler()) as server:
+        run_teacher(local, teacher(server), "fake")
+    shutil.copytree(local.root, tmp_path / "ray")
+    ws = Workspace.open(tmp_path / "ray")
+    settings = dict(max_length=MAX_LEN, dtype="float32", chunk_size=2)
+    expected = run_student(local, "fake", **settings)
+    result = run_student(ws, "fake", executor=RayExecutor(), **settings)
+    assert result.meta["executor"] == "ray" and not expected.meta.get("executor")
+    assert result.value["ori_ifd_ppl"].notna().all() and len(result.value) == 4
+    path = f"scores/{student_score_name('fake')}.parquet"
+    assert _sha(ws.path(path)) == _sha(local.path(path))
+
+
 def test_ray_flags_are_checked_before_any_work(tmp_path, rows, capsys):
     """``--ray-address`` without ``--executor ray`` is a one-line error, exit status 2."""
     from core.cli import main
 
     ws = _workspace(tmp_path / "ws", rows[:2])
-    for command in (["score", "ifd"], ["embed"], ["score", "recost", "--reference", "x"]):
+    for command in (["score", "ifd"], ["embed"], ["score", "recost", "--reference", "x"],
+                    ["reflect", "--teacher", "local"]):
         assert main([*command, "--workspace", str(ws.root), "--ray-address", "1.2.3.4:1"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "--ray-address needs --executor ray" in err

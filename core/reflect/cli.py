@@ -22,15 +22,17 @@ TEACHER_TOKENS = {"openai": 2048, "local": 256}  # 2,048 as the reference script
 def run_reflect(ws: Workspace, backend, name: str, sample_ids: Sequence[int] | None = None,
                 teacher_progress: Progress | None = None,
                 student_progress: Progress | None = None, student: dict | None = None,
-                chunk_size: int = 32, retry_errors: bool = True, force: bool = False) -> dict:
+                chunk_size: int = 32, retry_errors: bool = True, force: bool = False,
+                executor=None) -> dict:
     """Reflect ``sample_ids`` with ``backend``, score the versions with the student
-    (``student``: model, template, max_length, dtype overrides) and apply the rule.
+    (``student``: model, template, max_length, dtype overrides; ``executor``: where its
+    chunks run, core/executors) and apply the rule.
     Returns ``{"teacher": ..., "student": ..., "rule": ...}`` step results."""
     check_rater_name(name)
     teacher = run_teacher(ws, backend, name, sample_ids, progress=teacher_progress,
                           chunk_size=chunk_size, retry_errors=retry_errors, force=force)
     scored = run_student(ws, name, sample_ids, progress=student_progress, force=force,
-                         **(student or {}))
+                         executor=executor, **(student or {}))
     return {"teacher": teacher, "student": scored, "rule": run_rule(ws, name, force=force)}
 
 
@@ -73,12 +75,17 @@ def register_cli(subparsers) -> None:
                    help="keep failed requests from earlier runs instead of asking again")
     p.add_argument("--force", action="store_true",
                    help="rebuild every file (cached teacher answers are still reused)")
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(p)  # for the student's scoring (the teacher is a web service)
     p.set_defaults(func=_cli_reflect)
 
 
 def _cli_reflect(args) -> int:
+    from ..executors import executor_from_args
     from ..text import terminal_safe
 
+    executor = executor_from_args(args)  # bad flags fail before any teacher request
     ws = Workspace.open(args.workspace)
     name = check_rater_name(args.name or args.teacher)
     backend = make_backend(args.teacher, args, TEACHER_TOKENS["openai"],
@@ -91,7 +98,8 @@ def _cli_reflect(args) -> int:
             TqdmProgress(f"reflect {name}: student", unit="sample") as student_bar:
         results = run_reflect(ws, backend, name, ids, teacher_bar, student_bar, student,
                               chunk_size=args.chunk_size,
-                              retry_errors=not args.no_retry_errors, force=args.force)
+                              retry_errors=not args.no_retry_errors, force=args.force,
+                              executor=executor)
     versions = results["teacher"].value
     asked = versions[versions["sample_id"].isin(ids)]
     print(terminal_safe(f"{'up to date' if results['teacher'].cached else 'wrote'} "

@@ -118,10 +118,11 @@ def run_student(ws: Workspace, name: str, sample_ids: Sequence[int] | None = Non
                 model=None, template: str | None = None, max_length: int | None = None,
                 dtype: str | None = None, progress: Progress | None = None,
                 chunk_size: int = 64, token_budget: int = DEFAULT_TOKEN_BUDGET,
-                force: bool = False) -> StepResult:
+                force: bool = False, executor=None) -> StepResult:
     """Score the four versions of the samples teacher run ``name`` reflected (all of them,
     or those of ``sample_ids``) into ``scores/reflect_<name>.parquet``. ``model``,
-    ``template``, ``max_length`` and ``dtype`` default to the workspace's IFD setup."""
+    ``template``, ``max_length`` and ``dtype`` default to the workspace's IFD setup.
+    ``executor`` computes the chunks (core/executors: local, or Ray)."""
     setup = workspace_scoring_setup(ws)
     template = template or setup["template"]
     if template not in TEMPLATES:
@@ -185,4 +186,4 @@ def run_student(ws: Workspace, name: str, sample_ids: Sequence[int] | None = Non
         return {"counts": {v: int(frame[f"{v}_ifd_ppl"].notna().sum()) for v in VERSIONS}}
 
     return ws.run_chunked(step, ids, compute, chunk_size=chunk_size, progress=progress,
-                          force=force, summary=summary)
+                          force=force, summary=summary, executor=executor)
