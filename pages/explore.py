@@ -12,12 +12,14 @@ from components.colouring import offered_columns
 from components.explore_selection import (TABLE_SELECTION_MODES, clear_selection,
                                           clicked_position, current_selection,
                                           inspected_sample, map_key, open_sample,
-                                          remember_selection)
+                                          opened_sample, remember_selection,
+                                          selection_to_draw)
 from components.map import colour_columns, colour_label, map_figure
 from components.pool import pool
 from components.bulk_actions import bulk_actions, with_tag_columns
 
 HOVER_TEXT_LIMIT = 20_000  # above this, hover labels show numbers only (a 6 MB figure at 50k)
+TABLE_ROWS = 2_000  # the inspector lists this many of a selection (all are counted and acted on)
 
 state.ensure_shell()
 ws = state.current_workspace()
@@ -70,11 +72,13 @@ if matches is not None:
 known = set(frame["sample_id"].tolist())
 chosen = current_selection(known)
 inspect_ids = chosen or (matches[:5000] if matches else [])
-inspected = inspected_sample(inspect_ids)
+ringed = opened_sample(inspect_ids)
 hover_text = len(frame) <= HOVER_TEXT_LIMIT
+drawn_selection = selection_to_draw((state.workspace_key(ws), map_key(), colour, query, regex,
+                                     show_titles, ringed), chosen)
 fig = map_figure(frame, colour, highlight=matches, titles=titles, show_titles=show_titles,
-                 revision=str(ws.root), hover_text=hover_text, selected=chosen,
-                 inspected=inspected)
+                 revision=str(ws.root), hover_text=hover_text, selected=drawn_selection,
+                 inspected=ringed)
 if not hover_text:
     st.caption(f"{len(frame):,} points: hover shows ids and scores only, to keep the map fast; "
                "select points to read them below.")
@@ -99,8 +103,10 @@ def inspector(ids: list[int]) -> None:
         st.caption("Select points on the map (click, box or lasso) to inspect them; "
                    "a search alone inspects its matches.")
         return
-    table = selection_table(frame, ids, score_cols)
-    st.caption(f"{len(table):,} samples · click a row to read it in full (ringed on the map)")
+    table = selection_table(frame, ids[:TABLE_ROWS], score_cols)
+    st.caption(f"{len(ids):,} samples · click a row to read it in full and ring it on the map"
+               + (f" (the table lists the first {TABLE_ROWS:,})" if len(ids) > TABLE_ROWS
+                  else ""))
     event = st.dataframe(table, key="inspector_table", on_select="rerun",
                          selection_mode=TABLE_SELECTION_MODES, hide_index=True,
                          height=min(300, 35 * (len(table) + 1) + 3))
