@@ -39,7 +39,10 @@ def _parquet_records(data: bytes, path: Path) -> tuple[list[str], Records]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        # one thread: a user's file is small next to the work after it, and Arrow's thread
+        # pool, once started, can abort the interpreter at exit after an error
+        # ("terminate called without an active exception", exit -6 instead of 2)
+        table = pq.read_table(io.BytesIO(data), use_threads=False)
     except Exception as err:  # pyarrow raises several types
         raise InputError(f"not a readable Parquet file ({' '.join(str(err).split())[:300]})",
                          file=str(path)) from None
