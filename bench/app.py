@@ -1,24 +1,69 @@
-"""The app stage: first paint of the Explore map and slider-to-redraw on Select & Export in
-headless chromium, on a workspace of real pool rows."""
+"""The app stage: what a person waits for on the Explore map and the Select & Export slider,
+in headless chromium against ``streamlit run app.py`` (tests/test_browser.py's server).
+
+Measured per size, on one server, in one browser:
+- Explore first paint, cold (first visit after the server started) and warm (second visit):
+  ``goto`` until plotly has drawn every point of the map;
+- a lasso selection on the map until the inspector below lists the selected samples (the
+  selection has gone to Python and back), median of a few lassos of different sizes;
+- ArrowRight on Select & Export's "Keep (% of all rows)" until the Kept metric shows the new
+  count and the app is idle (median).
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import CACHE, now, pool_workspace, proc_status
+from common import CACHE, POOL_ROWS, now, pool_workspace, proc_status
+
+
+def map_source():
+    """The workspace whose real map the app stage tiles: the largest finished end-to-end
+    stage workspace, else the demo stage's (the 9,229 real Alpaca rows, bench/demo_build.py)."""
+    from core.workspace import Workspace
+
+    maps = sorted((p for p in CACHE.glob("ws-e2e-*") if (p / "bench-ready.json").exists()),
+                  key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    if maps:
+        return Workspace.open(maps[-1])
+    demo = CACHE / "ws-demo-build"
+    if (demo / "map.parquet").exists():
+        return Workspace.open(demo)
+    raise SystemExit("the app stage needs a real map: run the demo or e2e stage first")
+
+
+def _tiled_pool(root: Path, n: int):
+    """An imported workspace of ``n`` rows: the real 50k pool's rows repeated in order
+    (a pool that large is not in shared/data), with synthetic scores."""
+    from common import write_synthetic_scores
+    from core.io import import_to_workspace
+
+    pool = pool_workspace(POOL_ROWS).samples(["instruction", "input", "output"])
+    src = CACHE / f"pool-tiled-{n}.jsonl.gz"
+    with gzip.open(src, "wt", encoding="utf-8") as out:
+        for i in range(n):
+            row = pool.iloc[i % len(pool)]
+            out.write(json.dumps({"instruction": row["instruction"], "input": row["input"],
+                                  "output": row["output"]}, ensure_ascii=False) + "\n")
+    ws, _ = import_to_workspace([src], root, overwrite=True)
+    src.unlink()
+    write_synthetic_scores(ws)
+    return ws
 
 
 def app_workspace(n: int):
-    """The workspace the app stage draws: the end-to-end stage's workspace of ``n`` rows when
-    it is complete (real everything), else the pool workspace of ``n`` rows with synthetic
-    scores and a map tiled from the largest real end-to-end map (jittered)."""
+    """The workspace drawn at size ``n``: the end-to-end stage's when it is complete (real
+    everything), else real pool rows (tiled above 50k) with synthetic scores and the real
+    map of ``map_source`` tiled to ``n`` points with jitter."""
     import pandas as pd
 
     from core import atomic
@@ -27,34 +72,38 @@ def app_workspace(n: int):
     real = CACHE / f"ws-e2e-{n}"
     if (real / "bench-ready.json").exists():
         return Workspace.open(real), "real pipeline (end-to-end stage workspace)"
-    maps = sorted((p for p in CACHE.glob("ws-e2e-*") if (p / "bench-ready.json").exists()),
-                  key=lambda p: int(p.name.rsplit("-", 1)[1]))
-    if not maps:
-        raise SystemExit("the app stage needs a real map: run the e2e stage first")
-    source = Workspace.open(maps[-1])
+    source = map_source()
     root = CACHE / f"ws-app-{n}"
-    if not (root / "bench-ready.json").exists():
-        pool = pool_workspace(n)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(pool.root, root, ignore=shutil.ignore_patterns("selections", "exports"))
+    rows = "real pool rows" if n <= POOL_ROWS else \
+        f"the {POOL_ROWS:,} real pool rows repeated"
+    what = (f"{rows}, synthetic scores, the real {len(source):,}-row map of "
+            f"{source.root.name} tiled")
+    if (root / "bench-ready.json").exists():
+        return Workspace.open(root), what
+    print(f"[setup] building {root} (untimed)", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    if n <= POOL_ROWS:
+        shutil.copytree(pool_workspace(n).root, root,
+                        ignore=shutil.ignore_patterns("selections", "exports"))
         ws = Workspace.open(root)
-        src = source.map()
-        rng = np.random.default_rng(0)
-        pick = np.arange(n) % len(src)
-        span = float(np.ptp(src["x"]) + np.ptp(src["y"])) / 2
-        frame = pd.DataFrame({"sample_id": np.arange(n, dtype=np.int64),
-                              "x": src["x"].to_numpy()[pick] + rng.normal(0, span / 200, n),
-                              "y": src["y"].to_numpy()[pick] + rng.normal(0, span / 200, n),
-                              "cluster": src["cluster"].to_numpy()[pick]})
-        frame[["x", "y"]] = frame[["x", "y"]].astype(np.float32)
-        atomic.write_json(ws.path("clusters.json"), atomic.read_json(source.path("clusters.json")))
-        atomic.write_parquet(ws.path("map.parquet"), frame)
-        atomic.write_json(ws.path("map.json"), {
-            "key": f"bench-tiled-{n}", "rows": n,
-            "note": f"map tiled from {source.root.name} with jitter (bench/run_all.py)"})
-        (root / "bench-ready.json").write_text(json.dumps({"rows": n, "created": now()}))
-    return Workspace.open(root), f"{n:,} real rows, synthetic scores, map tiled from " \
-                                 f"the real {len(source):,}-row map"
+    else:
+        ws = _tiled_pool(root, n)
+    src = source.map()
+    rng = np.random.default_rng(0)
+    pick = np.arange(n) % len(src)
+    span = float(np.ptp(src["x"]) + np.ptp(src["y"])) / 2
+    frame = pd.DataFrame({"sample_id": np.arange(n, dtype=np.int64),
+                          "x": src["x"].to_numpy()[pick] + rng.normal(0, span / 200, n),
+                          "y": src["y"].to_numpy()[pick] + rng.normal(0, span / 200, n),
+                          "cluster": src["cluster"].to_numpy()[pick]})
+    frame[["x", "y"]] = frame[["x", "y"]].astype(np.float32)
+    atomic.write_json(ws.path("clusters.json"), atomic.read_json(source.path("clusters.json")))
+    atomic.write_parquet(ws.path("map.parquet"), frame)
+    atomic.write_json(ws.path("map.json"), {
+        "key": f"bench-tiled-{n}", "rows": n,
+        "note": f"map tiled from {source.root.name} with jitter (bench/run_all.py)"})
+    (root / "bench-ready.json").write_text(json.dumps({"rows": n, "created": now()}))
+    return Workspace.open(root), what
 
 
 PLOT_POINTS = """() => {
@@ -62,7 +111,6 @@ PLOT_POINTS = """() => {
   if (!gd || !gd._fullData) return 0;
   return gd._fullData.reduce((s, tr) => s + (tr.x ? tr.x.length : 0), 0);
 }"""
-
 
 KEPT_METRIC = """() => {
   for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {
@@ -73,82 +121,131 @@ KEPT_METRIC = """() => {
   return null;
 }"""
 
+IDLE = "!document.querySelector('[data-testid=\"stStatusWidget\"]')"
+
+# the inspector's caption: "1,234 samples · click a row to read it in full ..."
+INSPECTOR_COUNT = """() => {
+  for (const el of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
+    const m = el.innerText.match(/^([\\d,]+) samples · click a row/);
+    if (m) return parseInt(m[1].replace(/,/g, ''));
+  }
+  return null;
+}"""
+
+
+def _paint(browser, url: str, n: int) -> tuple:
+    """A new page on Explore: seconds until every point is drawn, and the page."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1700})
+    t0 = time.perf_counter()
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function(f"() => ({PLOT_POINTS})() >= {n} && "
+                           "document.querySelector('.js-plotly-plot canvas')",
+                           timeout=600_000, polling=50)
+    return time.perf_counter() - t0, page
+
+
+def _lasso(page, fraction: float) -> tuple[float, int]:
+    """Draw a lasso around the middle ``fraction`` of the map's width and height; seconds
+    until the inspector lists the selection, and how many samples it lists."""
+    box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    rx, ry = box["width"] * fraction / 2, box["height"] * fraction / 2
+    angles = np.linspace(0, 2 * np.pi, 24)
+    page.mouse.move(cx + rx, cy)
+    page.mouse.down()
+    for a in angles[1:]:
+        page.mouse.move(cx + rx * np.cos(a), cy + ry * np.sin(a), steps=2)
+    before = page.evaluate(INSPECTOR_COUNT)
+    t0 = time.perf_counter()
+    page.mouse.up()
+    page.wait_for_function(f"(b) => {{ const c = ({INSPECTOR_COUNT})(); "
+                           "return c !== null && c !== b; }",
+                           arg=before, timeout=120_000, polling=50)
+    seconds = time.perf_counter() - t0
+    page.wait_for_function(f"() => {IDLE}", timeout=120_000)
+    return seconds, page.evaluate(INSPECTOR_COUNT)
+
 
 def stage_app(n: int, quick: bool) -> dict:
-    """First paint of the Explore map and slider-to-redraw on Select & Export, in headless
-    chromium, against `streamlit run app.py` started by tests/test_browser.py's fixture."""
-    import statistics
-    import types
-
+    """The stage's figures at ``n`` points (module docstring)."""
     from playwright.sync_api import sync_playwright
 
     import test_browser as tb
 
     ws, what = app_workspace(n)
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-", dir=CACHE))
-    factory = types.SimpleNamespace(
-        mktemp=lambda name: Path(tempfile.mkdtemp(prefix=name + "-", dir=tmp)))
-    server_gen = tb.server.__wrapped__(types.SimpleNamespace(root=ws.root), factory)
+    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(ws.root), CHERRYPICK_HOME=str(tmp),
+               CHERRYPICK_DATA=str(tmp / "no-data"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")
     res: dict = {"rows": n, "workspace": what}
     try:
         start = time.perf_counter()
-        url = next(server_gen)
-        res["server_start_s"] = time.perf_counter() - start
-        server_pid = _streamlit_pid()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(tb.CHROMIUM), headless=True,
-                                        args=tb.CHROMIUM_ARGS)
-            try:
-                for label in ("cold", "warm"):
-                    page = browser.new_page(viewport={"width": 1440, "height": 1700})
-                    t0 = time.perf_counter()
-                    page.goto(url, wait_until="domcontentloaded")
-                    page.wait_for_selector(".js-plotly-plot canvas", timeout=600_000)
-                    res[f"explore_{label}_s"] = time.perf_counter() - t0
-                    res["explore_points"] = page.evaluate(PLOT_POINTS)
-                    tb._settle(page, timeout_ms=600_000)
-                    res[f"explore_{label}_settled_s"] = time.perf_counter() - t0 - 0.8
-                    page.close()
-                page = browser.new_page(viewport={"width": 1440, "height": 1700})
-                t0 = time.perf_counter()
-                page.goto(f"{url}/select_export", wait_until="domcontentloaded")
-                tb._settle(page, timeout_ms=600_000)
-                page.wait_for_selector('[data-testid="stMetricValue"]', timeout=600_000)
-                res["select_first_s"] = time.perf_counter() - t0 - 0.8
-                slider = page.locator('input[type="range"][aria-label="Keep (% of all rows)"]')
-                redraws = []
-                for _ in range(3 if quick else 5):
-                    before = page.evaluate(KEPT_METRIC)
-                    slider.focus()
-                    t0 = time.perf_counter()
-                    slider.press("ArrowRight")
-                    page.wait_for_function(
-                        f"(b) => {{ const v = ({KEPT_METRIC})(); return v !== null && v !== b "
-                        "&& !document.querySelector('[data-testid=\"stStatusWidget\"]'); }",
-                        arg=before, timeout=600_000)
-                    redraws.append(time.perf_counter() - t0)
-                    page.wait_for_timeout(300)
-                res["slider_redraw_s"] = redraws
-                res["slider_redraw_median_s"] = statistics.median(redraws)
-                res["kept_after"] = page.evaluate(KEPT_METRIC)
-                page.close()
-            finally:
-                browser.close()
-        res["server_peak_rss_mib"] = proc_status("VmHWM", str(server_pid)) \
-            if server_pid else None
+        with tb.streamlit_server(env, tmp, start_timeout_s=300) as url:
+            res["server_start_s"] = time.perf_counter() - start
+            server_pid = _streamlit_pid()
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(tb.CHROMIUM), headless=True,
+                                            args=tb.CHROMIUM_ARGS)
+                try:
+                    _measure(browser, url, n, quick, res)
+                finally:
+                    browser.close()
+            res["server_peak_rss_mib"] = proc_status("VmHWM", str(server_pid)) \
+                if server_pid else None
     finally:
-        try:
-            next(server_gen)
-        except StopIteration:
-            pass
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"app N={n:,} ({res['explore_points']:,} points drawn): Explore first paint cold "
-          f"{res['explore_cold_s']:.1f}s, warm {res['explore_warm_s']:.1f}s; slider→redraw "
-          f"median {res['slider_redraw_median_s']:.2f}s", flush=True)
+          f"{res['explore_cold_s']:.1f}s, warm {res['explore_warm_s']:.1f}s; lasso→inspector "
+          f"median {res['lasso_median_s']:.2f}s; slider→redraw median "
+          f"{res['slider_redraw_median_s']:.2f}s", flush=True)
     res["series"] = {"explore first paint (cold)": res["explore_cold_s"],
                      "explore first paint (warm)": res["explore_warm_s"],
+                     "lasso to inspector": res["lasso_median_s"],
                      "slider to redraw": res["slider_redraw_median_s"]}
     return res
+
+
+def _measure(browser, url: str, n: int, quick: bool, res: dict) -> None:
+    res["explore_cold_s"], page = _paint(browser, url, n)
+    res["explore_points"] = page.evaluate(PLOT_POINTS)
+    page.close()
+    res["explore_warm_s"], page = _paint(browser, url, n)
+    page.wait_for_function(f"() => {IDLE}", timeout=600_000)
+    page.wait_for_timeout(500)
+    lassos, counts = [], []
+    for fraction in ((0.3, 0.6) if quick else (0.2, 0.4, 0.6, 0.8)):
+        seconds, count = _lasso(page, fraction)
+        lassos.append(seconds)
+        counts.append(count)
+        page.wait_for_timeout(300)
+    res["lasso_s"], res["lasso_selected"] = lassos, counts
+    res["lasso_median_s"] = statistics.median(lassos)
+    page.close()
+
+    import test_browser as tb
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1700})
+    t0 = time.perf_counter()
+    page.goto(f"{url}/select_export", wait_until="domcontentloaded")
+    tb._settle(page, timeout_ms=600_000)
+    page.wait_for_selector('[data-testid="stMetricValue"]', timeout=600_000)
+    res["select_first_s"] = time.perf_counter() - t0 - 0.8
+    slider = page.locator('input[type="range"][aria-label="Keep (% of all rows)"]')
+    redraws = []
+    for _ in range(3 if quick else 5):
+        before = page.evaluate(KEPT_METRIC)
+        slider.focus()
+        t0 = time.perf_counter()
+        slider.press("ArrowRight")
+        page.wait_for_function(
+            f"(b) => {{ const v = ({KEPT_METRIC})(); return v !== null && v !== b && {IDLE}; }}",
+            arg=before, timeout=600_000, polling=50)
+        redraws.append(time.perf_counter() - t0)
+        page.wait_for_timeout(300)
+    res["slider_redraw_s"] = redraws
+    res["slider_redraw_median_s"] = statistics.median(redraws)
+    res["kept_after"] = page.evaluate(KEPT_METRIC)
+    page.close()
 
 
 def _streamlit_pid() -> int | None:
@@ -164,4 +261,3 @@ def _streamlit_pid() -> int | None:
         if ppid == me and b"streamlit" in cmd:
             return int(status.parent.name)
     return None
-
