@@ -65,7 +65,7 @@ def main() -> int:
     ops = sum(parts.values())
     print(f"IFD {args.dtype}, {args.rows} real Alpaca rows, {torch.get_num_threads()} threads: "
           f"wall {wall:.1f} s under the profiler, ops' self CPU time {ops:.1f} s")
-    print(f"| part | share of the ops' time |\n|---|---|")
+    print("| part | share of the ops' time |\n|---|---|")
     for part, seconds in parts.most_common():
         print(f"| {part} | {100 * seconds / ops:.1f} % |")
     return 0
