@@ -174,9 +174,7 @@ def stage_app(n: int, quick: bool) -> dict:
 
     ws, what = app_workspace(n)
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-", dir=CACHE))
-    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(ws.root), CHERRYPICK_HOME=str(tmp),
-               CHERRYPICK_DATA=str(tmp / "no-data"), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
+    env = tb.app_env(ws.root, tmp, tmp / "no-data")
     res: dict = {"rows": n, "workspace": what}
     try:
         start = time.perf_counter()

@@ -70,13 +70,18 @@ def streamlit_server(env: dict, log_dir: Path, start_timeout_s: float = 60):
         log.close()
 
 
+def app_env(workspace: Path, home: Path, data: Path) -> dict:
+    """The environment of an app server on ``workspace``: its own Cherrypick home, a data
+    folder without the demo files (``data`` need not exist), no model hub."""
+    return dict(os.environ, CHERRYPICK_WORKSPACE=str(workspace), CHERRYPICK_HOME=str(home),
+                CHERRYPICK_DATA=str(data), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
 @pytest.fixture(scope="module")
 def server(fixture_ws, tmp_path_factory):
     """A Streamlit server on the fixture workspace, stopped in a finally."""
-    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(fixture_ws.root),
-               CHERRYPICK_HOME=str(tmp_path_factory.mktemp("home")),
-               CHERRYPICK_DATA=str(tmp_path_factory.mktemp("no-data")),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = app_env(fixture_ws.root, tmp_path_factory.mktemp("home"),
+                  tmp_path_factory.mktemp("no-data"))
     with streamlit_server(env, tmp_path_factory.mktemp("log")) as url:
         yield url
 

@@ -8,7 +8,6 @@ diff and a recycled record in each input schema."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from core.reflect.teacher import run_teacher, versions_name
 from core.workspace import Workspace
 from loopback import LoopbackServer
 from real_rows import first_rows
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _settle, streamlit_server
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _settle, app_env, streamlit_server
 from test_reflect import DATA, SYNTHETIC, make_handler, make_ws, teacher
 
 SHOTS = Path("/tmp/cherrypick-shots")
@@ -168,10 +167,8 @@ def reflected(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(reflected, tmp_path_factory):
-    env = dict(os.environ, CHERRYPICK_WORKSPACE=str(reflected.root),
-               CHERRYPICK_HOME=str(tmp_path_factory.mktemp("home")),
-               CHERRYPICK_DATA=str(tmp_path_factory.mktemp("no-data")),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = app_env(reflected.root, tmp_path_factory.mktemp("home"),
+                  tmp_path_factory.mktemp("no-data"))
     with streamlit_server(env, tmp_path_factory.mktemp("log"), start_timeout_s=90) as url:
         yield url
 
