@@ -214,3 +214,30 @@ def test_gpu_token_budget_grows_with_free_memory():
     assert cuda_token_budget(model, 512, free_bytes=2 * 2**30) == 11_520
     assert cuda_token_budget(model, 512, free_bytes=80 * 2**30) == 65_536
     assert cuda_token_budget(model, 512, free_bytes=10 * 2**20) == 256
+
+
+def test_a_ray_driver_loads_no_weights_but_keys_its_cache_the_same(monkeypatch):
+    """With ``--executor ray`` the driver describes the LM without its weights (the actors
+    load them): the same cache key and recipe as a loaded model, and no weights read."""
+    from transformers import AutoModelForCausalLM
+
+    from core.executors.shipping import lm_recipe
+    from core.lm import load_causal_lm
+    from core.scores.ifd import lm_params, load_scoring_lm
+
+    for dtype in ("float32", "bfloat16"):
+        loaded = load_causal_lm(dtype=dtype)
+        described = load_causal_lm(dtype=dtype, weights=False)
+        assert described.model is None and loaded.model is not None
+        assert lm_params(described, max_length=MAX_LEN) == lm_params(loaded, max_length=MAX_LEN)
+        assert lm_recipe(described) == lm_recipe(loaded)
+        assert described.meta() == loaded.meta()
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the driver of a Ray run loaded the model's weights")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
+    ray_like = type("RayLike", (), {"name": "ray"})()
+    assert load_scoring_lm(None, "float32", ray_like).model is None
+    with pytest.raises(AssertionError, match="loaded the model"):
+        load_scoring_lm(None, "float32")  # the local executor does need them

@@ -257,7 +257,8 @@ def start_token_of(tokenizer) -> int:
 
 
 def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
-                   dtype: str = "auto", threads: int | None = None) -> LoadedLM:
+                   dtype: str = "auto", threads: int | None = None,
+                   weights: bool = True) -> LoadedLM:
     """Load a causal LM for scoring.
 
     ``model=None`` loads the default SmolLM2-135M-Instruct (converted once from the packaged
@@ -266,6 +267,10 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
     ``dtype="bfloat16"`` is the explicit faster CPU option (AVX512-BF16 or AMX), whose
     deviation from fp32 the benchmark reports. A reduced dtype applies to the matrix
     products only (``_low_precision_matmuls``).
+    ``weights=False`` loads only the tokenizer and works out the identity, dtype and compute:
+    all a cache key needs, and all the driver of a Ray run needs (its actors load the
+    weights where the chunks run, core/executors/shipping.py), so a driver without a GPU
+    never holds a large model.
     """
     _offline()
     import torch
@@ -303,6 +308,14 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
     if threads:
         torch.set_num_threads(int(threads))
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    compute = (None if torch_dtype == torch.float32 else
+               MIXED_COMPUTE.format(dtype=str(torch_dtype).replace("torch.", "")))
+    described = dict(tokenizer=tokenizer, name=name, path=str(folder), device=dev,
+                     dtype=str(torch_dtype).replace("torch.", ""),
+                     start_token_id=start_token_of(tokenizer), identity=identity,
+                     source=source, compute=compute)
+    if not weights:
+        return LoadedLM(model=None, **described)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -316,11 +329,6 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
     lm.eval()
     for p in lm.parameters():
         p.requires_grad_(False)
-    compute = None
     if torch_dtype != torch.float32:
         _low_precision_matmuls(lm, torch_dtype)
-        compute = MIXED_COMPUTE.format(dtype=str(torch_dtype).replace("torch.", ""))
-    return LoadedLM(model=lm, tokenizer=tokenizer, name=name, path=str(folder), device=dev,
-                    dtype=str(torch_dtype).replace("torch.", ""),
-                    start_token_id=start_token_of(tokenizer), identity=identity,
-                    source=source, compute=compute)
+    return LoadedLM(model=lm, **described)

@@ -130,7 +130,7 @@ def run_student(ws: Workspace, name: str, sample_ids: Sequence[int] | None = Non
                          f"{', '.join(TEMPLATES)}", field="template")
     max_length = int(max_length or setup["max_length"])
     lm = load_scoring_lm(model if model is not None else setup["model"],
-                         dtype or setup["dtype"])
+                         dtype or setup["dtype"], executor)
     versions = read_versions(ws, name).set_index("sample_id", drop=False)
     samples = ws.samples(["sample_id", "instruction", "input", "output"])
     samples = samples.set_index("sample_id", drop=False).sort_index()

@@ -224,12 +224,15 @@ def rifd_scores(lm, instructions: Sequence, inputs: Sequence | None, outputs: Se
 IFD_NAME = "ifd"
 IFD_SCORE = "scores/ifd.parquet"
 RIFD_SCORE = "scores/rifd.parquet"
-def load_scoring_lm(model, dtype: str):
+def load_scoring_lm(model, dtype: str, executor=None):
+    """The LM a scoring step uses. With an executor that computes elsewhere (Ray), this
+    process only needs the model's identity: the weights load on the actors."""
     from ..lm import LoadedLM, load_causal_lm
 
     if isinstance(model, LoadedLM):
         return model
-    return load_causal_lm(model, dtype=dtype)
+    here = getattr(executor, "name", "local") == "local"
+    return load_causal_lm(model, dtype=dtype, weights=here)
 
 
 def lm_params(lm, **extra) -> dict:
@@ -263,7 +266,8 @@ def run_ifd(ws, sample_ids: Sequence[int] | None = None, model=None, template: s
                          f"{', '.join(TEMPLATES)}", field="template")
     from ..lm.models import resolve_model
 
-    lm = load_scoring_lm(resolve_model(model, ws), dtype)  # "brief": the workspace's model
+    lm = load_scoring_lm(resolve_model(model, ws), dtype,  # "brief": the workspace's model
+                         executor)
     frame, ids = scoring_frame(ws, sample_ids)
     inputs = {"samples": SAMPLES}
 

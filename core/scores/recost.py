@@ -223,7 +223,8 @@ def run_recost(ws, reference: str, k: int = 5, model=None, template: str = "none
         raise InputError("k must be at least 1", field="k")
     from ..lm.models import resolve_model
 
-    lm = load_scoring_lm(resolve_model(model, ws), dtype)  # "brief": the workspace's model
+    lm = load_scoring_lm(resolve_model(model, ws), dtype,  # "brief": the workspace's model
+                         executor)
     frame, ids = scoring_frame(ws, None)
     ref, ref_fp = _reference_frame(ws, reference)
     if len(ref) == 0:
