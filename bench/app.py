@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CACHE, POOL_ROWS, now, pool_workspace, proc_status
+from common import CACHE, POOL_ROWS, now, pool_workspace, proc_status  # puts tests/ on the path
+import test_browser as tb  # noqa: E402 - the app server, the browser and their settings
 
 
 def map_source():
@@ -170,8 +171,6 @@ def stage_app(n: int, quick: bool) -> dict:
     """The stage's figures at ``n`` points (module docstring)."""
     from playwright.sync_api import sync_playwright
 
-    import test_browser as tb
-
     ws, what = app_workspace(n)
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-", dir=CACHE))
     env = tb.app_env(ws.root, tmp, tmp / "no-data")
@@ -219,8 +218,6 @@ def _measure(browser, url: str, n: int, quick: bool, res: dict) -> None:
     res["lasso_s"], res["lasso_selected"] = lassos, counts
     res["lasso_median_s"] = statistics.median(lassos)
     page.close()
-
-    import test_browser as tb
 
     page = browser.new_page(viewport={"width": 1440, "height": 1700})
     t0 = time.perf_counter()

@@ -43,6 +43,7 @@ SIZES = {
     "ds2": ([5_000, 10_000, 20_000], [10_000, 50_000, 200_000]),
     "select": ([5_000, 50_000], [10_000, 25_000, 50_000]),
     "app": ([5_000, 50_000], [50_000, 200_000]),
+    "ray": ([32], [96]),
 }
 STAGES = tuple(SIZES)
 POOL_ROWS = 50_000        # the real pool: every file of shared/data + ShareGPT conversations

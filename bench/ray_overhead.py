@@ -10,6 +10,8 @@ difference between the two results (0 when the files are byte-identical).
 
     python bench/ray_overhead.py [--rows 96] [--chunk-size 16] [--max-length 256]
                                  [--num-cpus N] [--ray-address ADDR]
+
+It is also the ``ray`` stage of bench/run_all.py (``stage_ray``, ``render``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,107 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def measure(rows: int = 96, chunk_size: int = 16, max_length: int = 256,
+            steps: str = "ifd,embed", num_cpus: int | None = None,
+            ray_address: str | None = None) -> dict:
+    """Each step on ``rows`` real rows with the local executor and with Ray (module
+    docstring); the figures per step."""
+    import ray
+
+    from core.embed import run_embed
+    from core.executors.ray_cluster import RayExecutor, connect
+    from core.lm import load_causal_lm
+    from core.scores.ifd import run_ifd
+    from real_rows import first_rows
+
+    texts = first_rows(DATA / "alpaca_random_9k.jsonl.gz", rows)
+    chunks = -(-rows // chunk_size)
+    tmp = Path(tempfile.mkdtemp(prefix="ray-bench-"))
+    start = time.perf_counter()
+    connect(ray_address, num_cpus=num_cpus)
+    cluster_s = time.perf_counter() - start
+    resources = ray.cluster_resources()
+    print(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
+          f"ray.init {cluster_s:.1f}s; load average {os.getloadavg()[0]:.1f}", flush=True)
+    lm = load_causal_lm(dtype="float32") if "ifd" in steps else None
+    result = {"rows": rows, "chunk_size": chunk_size, "chunks": chunks,
+              "max_length": max_length, "ray_init_s": cluster_s,
+              "cluster_cpus": resources.get("CPU", 0), "cluster_gpus": resources.get("GPU", 0),
+              "steps": []}
+    try:
+        for step in steps.split(","):
+            if step == "ifd":
+                def run(ws, executor, progress):
+                    return run_ifd(ws, model=lm, max_length=max_length, dtype="float32",
+                                   chunk_size=chunk_size, executor=executor,
+                                   progress=progress)["ifd"].value
+                name, result_file = "IFD fp32 (SmolLM2-135M)", "scores/ifd.parquet"
+            elif step == "embed":
+                def run(ws, executor, progress):
+                    return run_embed(ws, precision="fp32", chunk_size=chunk_size,
+                                     executor=executor, progress=progress).value
+                name, result_file = "embeddings fp32 (MiniLM)", "embeddings.npy"
+            else:
+                raise SystemExit(f"unknown step {step}")
+            local_ws = workspace(tmp / f"{step}-local", texts)
+            ray_ws = workspace(tmp / f"{step}-ray", texts)
+            local = timed_step(lambda p: run(local_ws, None, p))
+            remote = timed_step(lambda p: run(ray_ws, RayExecutor(), p))
+            a, b = local.pop("value"), remote.pop("value")
+            if isinstance(a, pd.DataFrame):
+                cols = [c for c in a.columns if a[c].dtype.kind == "f"]
+                diff = float(np.nanmax(np.abs(a[cols].to_numpy() - b[cols].to_numpy())))
+            else:
+                diff = float(np.abs(a - b).max())
+            result["steps"].append({
+                "step": name, "local": local, "ray": remote, "max_diff": diff,
+                "identical": sha(local_ws.path(result_file)) == sha(ray_ws.path(result_file)),
+                "actors": (ray_ws.meta(result_file) or {}).get("ray_actors")})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def table(result: dict) -> list[str]:
+    """The figures of :func:`measure` as a Markdown table."""
+    chunks = result["chunks"]
+    L = ["| rows | step | local s | Ray s (actors) | Ray / local | Ray fixed cost s | "
+         "s per chunk local / Ray | max diff (file identical) |",
+         "|---|---|---|---|---|---|---|---|"]
+    for s in result["steps"]:
+        local, remote = s["local"], s["ray"]
+        L.append(f"| {result['rows']} | {s['step']} | {local['wall']:.1f} | "
+                 f"{remote['wall']:.1f} ({s['actors']}) | {remote['wall'] / local['wall']:.2f}× | "
+                 f"{remote['first']:.1f} | {local['wall'] / chunks:.2f} / "
+                 f"{remote['per_chunk']:.2f} | {s['max_diff']:.1e} "
+                 f"({'yes' if s['identical'] else 'no'}) |")
+    return L
+
+
+def stage_ray(n: int, quick: bool) -> dict:
+    """The ``ray`` stage of bench/run_all.py: both steps on ``n`` rows, on a local cluster
+    of this machine's cores."""
+    result = measure(rows=n, chunk_size=8 if quick else 16)
+    print("\n".join(table(result)), flush=True)
+    result["series"] = {f"{s['step']} on Ray / local": s["ray"]["wall"] / s["local"]["wall"]
+                        for s in result["steps"]}
+    return result
+
+
+def render(runs) -> list[str]:
+    """The RESULTS.md section of the ray stage."""
+    L = ["## Ray Data executor against the local executor (`--executor ray`)", "",
+         "The same real Alpaca rows scored twice in fresh workspaces, in one process: with "
+         "the local executor (the model already loaded) and on a local Ray cluster of this "
+         "machine's cores (`core/executors`). Fixed cost: from the start of the step to its "
+         "first chunk back (actors starting, importing torch, loading the model). On one "
+         "machine Ray can only add cost; it pays off when the cluster has more machines or "
+         "GPUs (bench/README.md, expected scaling).", ""]
+    for i, r in enumerate(runs):
+        L += table(r)[(0 if i == 0 else 2):]
+    return L
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=96)
@@ -81,64 +184,11 @@ def main() -> None:
     ap.add_argument("--ray-address", default=None, help="join this cluster instead")
     ap.add_argument("--steps", default="ifd,embed")
     args = ap.parse_args()
-
-    import ray
-
-    from core.embed import run_embed
-    from core.executors.ray_cluster import RayExecutor, connect
-    from core.lm import load_causal_lm
-    from core.scores.ifd import run_ifd
-    from real_rows import first_rows
-
-    rows = first_rows(DATA / "alpaca_random_9k.jsonl.gz", args.rows)
-    chunks = -(-args.rows // args.chunk_size)
-    tmp = Path(tempfile.mkdtemp(prefix="ray-bench-"))
-    start = time.perf_counter()
-    connect(args.ray_address, num_cpus=args.num_cpus)
-    cluster_s = time.perf_counter() - start
-    resources = ray.cluster_resources()
-    print(f"cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
-          f"ray.init {cluster_s:.1f}s; load average {os.getloadavg()[0]:.1f}")
-    lm = load_causal_lm(dtype="float32") if "ifd" in args.steps else None
-    table = []
-    for step in args.steps.split(","):
-        if step == "ifd":
-            def run(ws, executor, progress):
-                return run_ifd(ws, model=lm, max_length=args.max_length, dtype="float32",
-                               chunk_size=args.chunk_size, executor=executor,
-                               progress=progress)["ifd"].value
-            name, result_file = "IFD fp32 (SmolLM2-135M)", "scores/ifd.parquet"
-        elif step == "embed":
-            def run(ws, executor, progress):
-                return run_embed(ws, precision="fp32", chunk_size=args.chunk_size,
-                                 executor=executor, progress=progress).value
-            name, result_file = "embeddings fp32 (MiniLM)", "embeddings.npy"
-        else:
-            raise SystemExit(f"unknown step {step}")
-        local_ws = workspace(tmp / f"{step}-local", rows)
-        ray_ws = workspace(tmp / f"{step}-ray", rows)
-        local = timed_step(lambda p: run(local_ws, None, p))
-        remote = timed_step(lambda p: run(ray_ws, RayExecutor(), p))
-        a, b = local["value"], remote["value"]
-        if isinstance(a, pd.DataFrame):
-            cols = [c for c in a.columns if a[c].dtype.kind == "f"]
-            diff = float(np.nanmax(np.abs(a[cols].to_numpy() - b[cols].to_numpy())))
-        else:
-            diff = float(np.abs(a - b).max())
-        same = sha(local_ws.path(result_file)) == sha(ray_ws.path(result_file))
-        actors = (ray_ws.meta(result_file) or {}).get("ray_actors")
-        table.append((name, local, remote, diff, same, actors))
-    print(f"\n{args.rows} real Alpaca rows, {chunks} chunks of {args.chunk_size}, "
+    result = measure(args.rows, args.chunk_size, args.max_length, args.steps, args.num_cpus,
+                     args.ray_address)
+    print(f"\n{args.rows} real Alpaca rows, {result['chunks']} chunks of {args.chunk_size}, "
           f"max_length {args.max_length}\n")
-    print("| step | local s | Ray s (actors) | Ray / local | Ray fixed cost s | "
-          "s per chunk local / Ray | max diff (file identical) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, local, remote, diff, same, actors in table:
-        print(f"| {name} | {local['wall']:.1f} | {remote['wall']:.1f} ({actors}) | "
-              f"{remote['wall'] / local['wall']:.2f}x | {remote['first']:.1f} | "
-              f"{local['wall'] / chunks:.2f} / {remote['per_chunk']:.2f} | "
-              f"{diff:.1e} ({'yes' if same else 'no'}) |")
-    shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(table(result)))
 
 
 if __name__ == "__main__":

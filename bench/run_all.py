@@ -15,7 +15,8 @@ date and mode), and RESULTS.md is rendered from that file.
 This file is the entry: the command line, the child processes and the registries of stages
 (``STAGE_FUNCS``: stage → function of (size, quick) run in the child; ``RENDER``: stage →
 its RESULTS.md section; sizes per stage are ``common.SIZES``). The stages live in
-bench/stages.py (ifd, embed, knn, umap, ds2, select), bench/app.py and bench/e2e.py, and reuse
+bench/stages.py (ifd, embed, knn, umap, ds2, select), bench/app.py, bench/e2e.py,
+bench/demo_build.py and bench/ray_overhead.py, and reuse
 bench/ifd.py, bench/embed_knn_map.py and bench/ds2.py; shared helpers are in bench/common.py
 and the report in bench/report.py. See bench/README.md for what each stage measures.
 """
@@ -36,16 +37,17 @@ from common import (CACHE, RESULTS_JSON, RESULTS_MD, ROOT, SIZES, STAGES, jsonab
                     load_results, machine, now, proc_status, save_results)
 from demo_build import render as render_demo, stage_demo
 from e2e import stage_e2e
+from ray_overhead import render as render_ray, stage_ray
 from report import (render_app, render_ds2, render_e2e, render_embed, render_ifd,
                     render_knn, render_select, render_umap, write_report)
 from stages import stage_ds2, stage_embed, stage_ifd, stage_knn, stage_select, stage_umap
 
 STAGE_FUNCS = {"e2e": stage_e2e, "ifd": stage_ifd, "embed": stage_embed, "knn": stage_knn,
                "umap": stage_umap, "ds2": stage_ds2, "select": stage_select, "app": stage_app,
-               "demo": stage_demo}
+               "demo": stage_demo, "ray": stage_ray}
 RENDER = {"e2e": render_e2e, "ifd": render_ifd, "embed": render_embed, "knn": render_knn,
           "umap": render_umap, "ds2": render_ds2, "select": render_select, "app": render_app,
-          "demo": render_demo}
+          "demo": render_demo, "ray": render_ray}
 
 
 def run_child(stage: str, n: int, quick: bool, log) -> dict:
