@@ -79,6 +79,7 @@ def score_histogram(frame: pd.DataFrame, column: str, subset_ids=None, *, bins: 
         fig.update_layout(yaxis=dict(title=dict(text="all", font=dict(color="#1f77b4")),
                                      rangemode="tozero"),
                           yaxis2=dict(overlaying="y", side="right", rangemode="tozero",
+                                      tickmode="auto",  # whole counts, not synced to "all"
                                       showgrid=False,
                                       title=dict(text=html.escape(subset_name),
                                                  font=dict(color=HIGHLIGHT_COLOUR)),

@@ -146,6 +146,9 @@ def test_selected_part_of_a_histogram_has_its_own_axis(ws):
         assert fig.data[0].yaxis in (None, "y")
         assert fig.data[1].yaxis == "y2"
         assert fig.layout.yaxis2.overlaying == "y"
+        # plotly syncs an overlaying axis's ticks to the other one by default, which put
+        # counts such as 17.6 on the selected axis
+        assert fig.layout.yaxis2.tickmode == "auto"
 
 
 def test_internal_columns_are_offered_only_when_asked(ws, monkeypatch, tmp_path):
