@@ -308,11 +308,10 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
     if threads:
         torch.set_num_threads(int(threads))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    compute = (None if torch_dtype == torch.float32 else
-               MIXED_COMPUTE.format(dtype=str(torch_dtype).replace("torch.", "")))
+    dtype_name = str(torch_dtype).replace("torch.", "")
+    compute = None if torch_dtype == torch.float32 else MIXED_COMPUTE.format(dtype=dtype_name)
     described = dict(tokenizer=tokenizer, name=name, path=str(folder), device=dev,
-                     dtype=str(torch_dtype).replace("torch.", ""),
-                     start_token_id=start_token_of(tokenizer), identity=identity,
+                     dtype=dtype_name, start_token_id=start_token_of(tokenizer), identity=identity,
                      source=source, compute=compute)
     if not weights:
         return LoadedLM(model=None, **described)
