@@ -241,10 +241,16 @@ def render_app(runs) -> list[str]:
         picks = ", ".join(f"{s:.2f} s for {c:,}" for s, c in zip(r["lasso_s"], r["lasso_selected"]))
         return f"{fmt(r['lasso_median_s'])} ({picks})"
 
+    def warm(r) -> str:
+        paints = r.get("explore_warm_paints_s") or []
+        return f" ({', '.join(fmt(x, 1) for x in paints)})" if len(paints) > 1 else ""
+
     return section(
         "App (headless chromium, `streamlit run app.py` via tests/test_browser.py's server)",
         "Explore first paint: `goto` until plotly has drawn every point (cold: first visit "
-        "after the server started, the frame of scores built; warm: second visit). Lasso: "
+        "after the server started, the frame of scores built; warm: later visits once that "
+        "run is over, each in a new browser context, so nothing is in the browser's cache; "
+        "median of 3, the paints in brackets). Lasso: "
         "mouse up of a lasso on the map until the inspector lists the selected samples (the "
         "selection went to Python and back; median, then each lasso with its size). Slider to "
         "redraw: ArrowRight on \"Keep (% of all rows)\" until the Kept metric shows the new "
@@ -255,7 +261,7 @@ def render_app(runs) -> list[str]:
          "server peak RSS MiB"],
         [f"| {r['rows']:,} | {r['workspace']} | {r['explore_points']:,} | "
          f"{fmt(r['server_start_s'], 1)} | {fmt(r['explore_cold_s'], 1)} / "
-         f"{fmt(r['explore_warm_s'], 1)} | {lasso(r)} | {fmt(r['select_first_s'], 1)} | "
+         f"{fmt(r['explore_warm_s'], 1)}{warm(r)} | {lasso(r)} | {fmt(r['select_first_s'], 1)} | "
          f"{fmt(r['slider_redraw_median_s'])} "
          f"({', '.join(fmt(x) for x in r['slider_redraw_s'])}) | "
          f"{fmt(r.get('server_peak_rss_mib'), 0)} |" for r in runs])

@@ -31,8 +31,8 @@ MESSAGE = "bulk_action_message"  # (kind, text) shown once after the action's re
 TAG_NAME = "bulk_tag_name"
 
 
-def _log_key(ws: Workspace) -> str:
-    """Cache key of the log: an append always grows it."""
+def tag_log_key(ws: Workspace) -> str:
+    """Cache key of the log the tags fold from: an append always grows it."""
     return file_key(ws, AUDIT)
 
 
@@ -50,7 +50,7 @@ def _last_action(root: str, key: str) -> dict | None:
 def with_tag_columns(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` plus a ``tags.<name>`` column (True where the sample carries the tag) per
     tag in force; ``frame`` itself when there are none."""
-    tags = _tag_sets(str(ws.root), _log_key(ws))
+    tags = _tag_sets(str(ws.root), tag_log_key(ws))
     if not tags:
         return frame
     ids = frame["sample_id"]
@@ -120,7 +120,7 @@ def bulk_actions(ws: Workspace, ids: Sequence[int], what: str) -> None:
                          args=(ws, _decide, "queue", ids, column),
                          help=no_ds2 if column is None else
                          "Lists them on the Audit page to decide one by one.")
-        last = _last_action(str(ws.root), _log_key(ws))
+        last = _last_action(str(ws.root), tag_log_key(ws))
         undo_col.button("Undo last", key="bulk_undo", disabled=last is None, on_click=_run,
                         args=(ws, _undo),
                         help=plain(f"Undo: {_describe(last)}") if last else

@@ -10,8 +10,8 @@ row's checkbox); the map rings it. Until a row is opened the first selected samp
 in full, unringed.
 
 A selection made on the map is already drawn by plotly, so the rerun it causes draws the map
-from the same figure as before (:func:`selection_to_draw`): the browser then has nothing to
-redraw, which is most of a selection's round trip on a 200k-point map. Only a figure that
+from the same figure as before (:func:`selection_to_draw`): the map's frame then has nothing
+to redraw (``components.map_widget`` skips a figure it has drawn). Only a figure that
 changed for another reason (colour, search, titles, the ring) carries the selection as
 ``selectedpoints``.
 """
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import streamlit as st
 
-from .map import selected_ids
+from .map_widget import selection_ids
 
 SELECTED = "explore_selected_ids"  # sample_ids picked on the map (tests set it directly)
 INSPECTED = "explore_inspected_id"
@@ -40,10 +40,8 @@ def map_key() -> str:
 
 
 def remember_selection() -> None:
-    """``on_select`` of the map: the picked points become the page's selection."""
-    event = st.session_state.get(map_key())
-    points = event.selection.points if event is not None else []
-    st.session_state[SELECTED] = selected_ids(points)
+    """``on_change`` of the map: the ids it sent become the page's selection."""
+    st.session_state[SELECTED] = selection_ids(st.session_state.get(map_key()))
     drawn = st.session_state.get(_DRAWN)
     st.session_state[_PICKED_ON] = drawn[0] if drawn else None
 

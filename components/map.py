@@ -151,7 +151,7 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
             value: str = "%{fullData.name}", selectable: bool = True) -> None:
         chosen = None
         if selectable and keep.size:
-            chosen = np.flatnonzero(part["sample_id"].isin(keep).to_numpy()).tolist()
+            chosen = np.flatnonzero(part["sample_id"].isin(keep).to_numpy()).astype(np.int32)
         fig.add_trace(go.Scattergl(
             selectedpoints=chosen, unselected=dict(marker=dict(opacity=0.2)),
             x=part["x"].to_numpy(np.float32), y=part["y"].to_numpy(np.float32),
@@ -223,7 +223,7 @@ def map_figure(frame: pd.DataFrame, colour: str | None = None, *,
               dict(orientation="v", x=1.0, xanchor="left", title=dict(text=html.escape(label))))
     fig.update_layout(
         height=height, margin=dict(l=0, r=0, t=30, b=0), dragmode="lasso",
-        uirevision=revision or "map", hovermode="closest",
+        clickmode="event+select", uirevision=revision or "map", hovermode="closest",
         legend=dict(itemsizing="constant", **legend),
         xaxis=dict(visible=False), yaxis=dict(visible=False),
         plot_bgcolor="white")

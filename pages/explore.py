@@ -15,8 +15,9 @@ from components.explore_selection import (TABLE_SELECTION_MODES, clear_selection
                                           opened_sample, remember_selection,
                                           selection_to_draw)
 from components.map import colour_columns, colour_label, map_figure
+from components.map_widget import ids_key, map_widget
 from components.pool import pool
-from components.bulk_actions import bulk_actions, with_tag_columns
+from components.bulk_actions import bulk_actions, tag_log_key, with_tag_columns
 
 HOVER_TEXT_LIMIT = 20_000  # above this, hover labels show numbers only (a 6 MB figure at 50k)
 TABLE_ROWS = 2_000  # the inspector lists this many of a selection (all are counted and acted on)
@@ -74,16 +75,21 @@ chosen = current_selection(known)
 inspect_ids = chosen or (matches[:5000] if matches else [])
 ringed = opened_sample(inspect_ids)
 hover_text = len(frame) <= HOVER_TEXT_LIMIT
-drawn_selection = selection_to_draw((state.workspace_key(ws), map_key(), colour, query, regex,
-                                     show_titles, ringed), chosen)
-fig = map_figure(frame, colour, highlight=matches, titles=titles, show_titles=show_titles,
-                 revision=str(ws.root), hover_text=hover_text, selected=drawn_selection,
-                 inspected=ringed)
+signature = (state.workspace_key(ws), map_key(), colour, query, regex, show_titles, ringed)
+drawn_selection = selection_to_draw(signature, chosen)
+
+
+def build_map():
+    return map_figure(frame, colour, highlight=matches, titles=titles, show_titles=show_titles,
+                      revision=str(ws.root), hover_text=hover_text, selected=drawn_selection,
+                      inspected=ringed)
+
+
 if not hover_text:
     st.caption(f"{len(frame):,} points: hover shows ids and scores only, to keep the map fast; "
                "select points to read them below.")
-st.plotly_chart(fig, key=map_key(), on_select=remember_selection,
-                selection_mode=("lasso", "box", "points"), config={"displaylogo": False})
+map_widget(build_map, key=map_key(), on_change=remember_selection, config={"displaylogo": False},
+           reuse=(signature, tag_log_key(ws), ids_key(drawn_selection)))
 if chosen:
     st.button(f"Clear selection ({len(chosen):,})", key="explore_clear",
               on_click=clear_selection,

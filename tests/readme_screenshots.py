@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_browser import CHROMIUM, CHROMIUM_ARGS, PAGES, _free_port, _open, _settle  # noqa: E402
+from test_browser import (CHROMIUM, CHROMIUM_ARGS, PAGES, _free_port, _open, _settle,  # noqa: E402
+                          map_frame)
 from ui_fixture import REPO  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main(workspace: str, out: str) -> None:
                 page, _ = _open(browser, f"{url}/{path}")
                 _settle(page, timeout_ms=120_000)
                 if name == "explore":
-                    page.wait_for_selector(".js-plotly-plot canvas", timeout=60_000)
+                    map_frame(page)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(out_dir / f"{name}.png"), full_page=True)
                 page.close()

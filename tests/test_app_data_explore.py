@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from loopback import LoopbackServer, QuietHandler, chat_completion, read_json, send_json
-from ui_fixture import REPO, SCRIPT, fixture_ws, hostile_ids  # noqa: F401
+from ui_fixture import REPO, SCRIPT, fixture_ws, hostile_ids, map_spec  # noqa: F401
 
 from components.histogram import score_histogram
 from components.messages import plain
@@ -51,9 +51,10 @@ def _trace_ids(trace) -> set[int]:
 
 
 def _figure(at, index: int = 0) -> list[dict]:
-    """The traces a chart element sent to the browser, with x/y decoded to arrays (plotly
+    """The traces a chart sent to the browser (0: the map, then the plotly charts), with x/y decoded to arrays (plotly
     sends numeric arrays as base64 ``{"dtype", "bdata"}``)."""
-    traces = json.loads(at.get("plotly_chart")[index].proto.spec)["data"]
+    traces = (map_spec(at) if index == 0 else
+              json.loads(at.get("plotly_chart")[index - 1].proto.spec))["data"]
     for trace in traces:
         for axis in ("x", "y"):
             value = trace.get(axis)
@@ -197,11 +198,11 @@ def test_colour_columns_offer_every_numeric_score(frame):
 
 # ----- pages through AppTest -------------------------------------------------------------------
 def test_explore_renders_map_and_histogram(app, fixture_ws):
-    assert len(app.get("plotly_chart")) == 2  # map + histogram
+    assert len(app.get("plotly_chart")) == 1  # the histogram (the map is map_spec's)
     traces = _figure(app)
     n_points = sum(len(t["x"]) for t in traces if not t.get("name", "").startswith("matches"))
     assert n_points == len(fixture_ws)
-    assert "<script>" not in app.get("plotly_chart")[0].proto.spec
+    assert "<script>" not in json.dumps(map_spec(app))
     assert "Samples" in [m.label for m in app.sidebar.get("metric")]
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui_fixture import REPO, fixture_ws, private_copy  # noqa: F401
+from ui_fixture import REPO, fixture_ws, map_spec, private_copy  # noqa: F401
 
 from components.colouring import clip_range
 from components.histogram import score_histogram
@@ -44,13 +44,19 @@ def open_page(ws: Workspace, page: str, monkeypatch, tmp_path, **state) -> AppTe
     return at
 
 
+def figure(at: AppTest, index: int = 0) -> dict:
+    """A figure as sent to the browser: 0 is Explore's map, then the page's plotly charts."""
+    if index == 0:
+        return map_spec(at)
+    return json.loads(at.get("plotly_chart")[index - 1].proto.spec)
+
+
 def traces(at: AppTest, index: int = 0) -> list[dict]:
-    """The traces of a plotly chart as sent to the browser."""
-    return json.loads(at.get("plotly_chart")[index].proto.spec)["data"]
+    return figure(at, index)["data"]
 
 
 def layout(at: AppTest, index: int = 0) -> dict:
-    return json.loads(at.get("plotly_chart")[index].proto.spec)["layout"]
+    return figure(at, index)["layout"]
 
 
 def selected_on_map(at: AppTest) -> set[int]:
@@ -61,7 +67,7 @@ def selected_on_map(at: AppTest) -> set[int]:
         if points is None:
             continue
         ids = _decode(trace["customdata"])
-        out |= {int(ids[i]) for i in points}
+        out |= {int(ids[i]) for i in _decode(points)}
     return out
 
 

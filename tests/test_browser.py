@@ -125,13 +125,24 @@ def _settle(page, timeout_ms: int = 30_000) -> None:
     page.wait_for_timeout(800)
 
 
+MAP_FRAME = 'iframe[title$="cherrypick_map"]'  # components/map_widget.py
+
+
+def map_frame(page, timeout_ms: int = 60_000):
+    """The frame the Explore map draws in, once plotly has drawn its canvas there."""
+    page.wait_for_selector(MAP_FRAME, state="attached", timeout=timeout_ms)
+    frame = page.locator(MAP_FRAME).first.element_handle().content_frame()
+    frame.wait_for_selector(".js-plotly-plot canvas", state="attached", timeout=timeout_ms)
+    return frame
+
+
 @pytest.mark.parametrize("name", list(PAGES))
 def test_page_renders_without_exception(server, browser, name):
     page, dialogs = _open(browser, f"{server}/{PAGES[name]}")
     try:
         _settle(page)
         if name == "explore":
-            page.wait_for_selector(".js-plotly-plot canvas", timeout=30_000)
+            map_frame(page)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
         errors = page.locator('[data-testid="stException"]')
@@ -142,7 +153,7 @@ def test_page_renders_without_exception(server, browser, name):
 
 
 POINT_POSITION = """(sampleId) => {
-  // page pixel position of a sample's marker, from plotly's own axis conversion
+  // a sample's marker in the map frame's pixels, from plotly's own axis conversion
   const gd = document.querySelector('.js-plotly-plot');
   const fl = gd._fullLayout, box = gd.getBoundingClientRect();
   for (const tr of gd._fullData) {
@@ -160,17 +171,19 @@ def test_map_hover_shows_hostile_text_as_text(server, browser, fixture_ws):
     page, dialogs = _open(browser, server)
     try:
         _settle(page)
-        page.wait_for_selector(".js-plotly-plot canvas", timeout=30_000)
+        frame = map_frame(page)
         page.wait_for_timeout(1000)
-        where = page.evaluate(POINT_POSITION, hostile_ids(fixture_ws)["script"])
+        where = frame.evaluate(POINT_POSITION, hostile_ids(fixture_ws)["script"])
         assert where is not None
+        offset = page.locator(MAP_FRAME).first.bounding_box()
+        where = {"x": where["x"] + offset["x"], "y": where["y"] + offset["y"]}
         page.mouse.move(where["x"], where["y"])
-        page.wait_for_function(
+        frame.wait_for_function(
             "() => Array.from(document.querySelectorAll('.hoverlayer'))"
             ".some(g => g.textContent.includes('alert(1)'))", timeout=10_000)
-        label = " ".join(page.locator(".hoverlayer").all_text_contents())
+        label = " ".join(frame.locator(".hoverlayer").all_text_contents())
         assert SCRIPT in label  # shown as characters, not parsed as an element
-        assert page.locator(".hoverlayer script").count() == 0
+        assert frame.locator(".hoverlayer script").count() == 0
         page.screenshot(path=str(SHOTS / "explore-hover.png"),
                         clip={"x": max(where["x"] - 350, 0), "y": max(where["y"] - 150, 0),
                               "width": 900, "height": 300})
@@ -183,7 +196,7 @@ def test_explore_search_shows_hostile_text_without_running_it(server, browser):
     page, dialogs = _open(browser, server)
     try:
         _settle(page)
-        page.wait_for_selector(".js-plotly-plot canvas", timeout=30_000)
+        frame = map_frame(page)
         search = page.get_by_label("Search instruction, input and output")
         search.fill("alert(")
         search.press("Enter")
@@ -195,6 +208,7 @@ def test_explore_search_shows_hostile_text_without_running_it(server, browser):
         # the sample's markup must not exist as elements anywhere on the page
         assert page.locator("img[src='x']").count() == 0
         assert page.evaluate("() => document.querySelectorAll('svg[onload]').length") == 0
+        assert frame.locator("img[src='x']").count() == 0  # nor in the map's frame
         assert page.locator('[data-testid="stException"]').count() == 0
         assert dialogs == []
     finally:

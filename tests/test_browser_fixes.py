@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import SHOTS, _open, browser, streamlit_server  # noqa: F401
+from test_browser import (MAP_FRAME, SHOTS, _open, browser, map_frame,  # noqa: F401
+                          streamlit_server)
 from test_browser import _settle as _settle_once
 from ui_fixture import fixture_ws, private_copy  # noqa: F401
+
+from core.workspace import Workspace
 
 pytestmark = pytest.mark.browser
 DS2 = "ds2_claude_ge_4_5"
@@ -72,16 +75,22 @@ MAP_TRACES = "() => document.querySelector('.js-plotly-plot')._fullData.map(t =>
 def open_explore(browser, server):
     page, dialogs = _open(browser, server + "/?ws=fixture")
     _settle(page)
-    page.wait_for_selector(".js-plotly-plot canvas", timeout=30_000)
+    map_frame(page)
     page.wait_for_timeout(1500)
     return page, dialogs
 
 
+def on_map(page, script: str):
+    """Run ``script`` in the map's frame (components/map_widget.py)."""
+    return map_frame(page).evaluate(script)
+
+
 def box_select(page) -> None:
     """Drag a box over the middle of the map (the box tool of plotly's mode bar)."""
-    plot = page.locator(".js-plotly-plot").first
+    frame = map_frame(page)
+    plot = frame.locator(".js-plotly-plot").first
     plot.hover()
-    page.locator('.js-plotly-plot .modebar-btn[data-attr="dragmode"][data-val="select"]') \
+    frame.locator('.js-plotly-plot .modebar-btn[data-attr="dragmode"][data-val="select"]') \
         .first.click()
     box = plot.bounding_box()
     cx, cy = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
@@ -114,14 +123,14 @@ def test_map_keeps_its_selection_through_a_colour_change_and_clear_clears_all(se
         count = selected_count(page)
         assert count > 0
         pick_colour(page, "DS2 flagged")
-        kept = page.evaluate(MAP_SELECTED)
+        kept = on_map(page, MAP_SELECTED)
         assert len(kept) == count  # the map still shows what the table and histogram use
         assert page.get_by_text(f"{count} selected").count() >= 1
         shot(page, "explore-recoloured-selection")
         page.get_by_role("button", name="Clear selection").click()
         _settle(page)
         page.wait_for_timeout(1000)
-        assert page.evaluate(MAP_SELECTED) == []
+        assert on_map(page, MAP_SELECTED) == []
         assert page.get_by_text("Select points on the map").count() >= 1
         assert page.locator('[data-testid="stDataFrame"]').count() == 0
         no_exception(page)
@@ -137,7 +146,7 @@ def test_clicking_a_table_cell_opens_the_row_and_rings_it_on_the_map(server, bro
         grid = page.locator('[data-testid="stDataFrame"]').first
         grid.scroll_into_view_if_needed()
         box = grid.bounding_box()
-        table_ids = page.evaluate(MAP_SELECTED)
+        table_ids = on_map(page, MAP_SELECTED)
         first = page.locator('[data-testid="stText"]', has_text="sample #").first.inner_text()
         # the third data row's instruction cell (header and rows are 35 px tall)
         page.mouse.click(box["x"] + 400, box["y"] + 35 * 3 + 17)
@@ -147,8 +156,31 @@ def test_clicking_a_table_cell_opens_the_row_and_rings_it_on_the_map(server, bro
         assert now != first, now
         opened = int(now.split("#")[1].split()[0])
         assert opened in table_ids
-        assert f"inspected #{opened}" in page.evaluate(MAP_TRACES)
+        assert f"inspected #{opened}" in on_map(page, MAP_TRACES)
         shot(page, "explore-opened-row", full_page=True)
+        no_exception(page)
+        assert dialogs == []
+    finally:
+        page.close()
+
+
+def test_clicking_a_point_selects_it_alone(server, browser, home):
+    from test_browser import POINT_POSITION
+    from ui_fixture import hostile_ids
+
+    target = hostile_ids(Workspace.open(home / "fixture"))["markdown"]
+    page, dialogs = open_explore(browser, server)
+    try:
+        frame = map_frame(page)
+        where = frame.evaluate(POINT_POSITION, target)
+        offset = page.locator(MAP_FRAME).first.bounding_box()
+        page.mouse.click(where["x"] + offset["x"], where["y"] + offset["y"])
+        page.wait_for_selector("text=/Clear selection/", timeout=30_000)
+        _settle(page)
+        assert selected_count(page) == 1
+        assert on_map(page, MAP_SELECTED) == [target]
+        text = page.locator('[data-testid="stText"]', has_text="sample #").first.inner_text()
+        assert text.startswith(f"sample #{target}"), text
         no_exception(page)
         assert dialogs == []
     finally:
@@ -161,11 +193,11 @@ def test_histogram_of_a_selection_is_readable_on_its_own_axis(server, browser):
         pick_colour(page, "DS2 confidence")
         box_select(page)
         axes = page.evaluate("""() => {
-            const gd = document.querySelectorAll('.js-plotly-plot')[1];
+            const gd = document.querySelectorAll('.js-plotly-plot')[0];
             return {y2: !!gd._fullLayout.yaxis2,
                     traces: gd._fullData.map(t => [t.name, t.yaxis])}; }""")
         assert axes["y2"] and ["selected", "y2"] in axes["traces"]
-        hist = page.locator(".js-plotly-plot").nth(1)
+        hist = page.locator(".js-plotly-plot").first  # the map draws in its own frame
         hist.scroll_into_view_if_needed()
         hist.screenshot(path=str(SHOTS / "fixes-explore-histogram.png"))
         no_exception(page)

@@ -4,6 +4,7 @@ has nothing to redraw), and a figure that changed for another reason carries the
 
 from __future__ import annotations
 
+import struct
 import types
 
 import pytest
@@ -19,9 +20,9 @@ def session(monkeypatch):
 
 
 def lasso(session: dict, ids: list[int]) -> None:
-    """What plotly's on_select leaves in the widget's state, then the callback."""
-    points = [{"customdata": i, "point_index": k} for k, i in enumerate(ids)]
-    session[es.map_key()] = types.SimpleNamespace(selection=types.SimpleNamespace(points=points))
+    """What the map's frame leaves in the widget's state (the ids as little-endian int32
+    bytes, components/map_frontend/map.js), then the callback."""
+    session[es.map_key()] = struct.pack(f"<{len(ids)}i", *ids)
     es.remember_selection()
 
 
@@ -54,3 +55,15 @@ def test_only_an_opened_sample_is_ringed(session):
     session[es.INSPECTED] = 8
     assert es.opened_sample([3, 8]) == 8 == es.inspected_sample([3, 8])
     assert es.opened_sample([3]) is None and es.inspected_sample([3]) == 3
+
+
+@pytest.mark.parametrize("value", [None, b"", b"\x01\x00\x00", "5,6", [5, 6]])
+def test_anything_but_whole_int32_ids_is_no_selection(session, value):
+    session[es.map_key()] = value
+    es.remember_selection()
+    assert session[es.SELECTED] == []
+
+
+def test_ids_beyond_16_bits_and_repeats_come_back_in_order(session):
+    lasso(session, [199_999, 3, 70_000, 3, 199_999])
+    assert session[es.SELECTED] == [199_999, 3, 70_000]

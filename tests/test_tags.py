@@ -24,10 +24,10 @@ from core.tags import (bulk_decide, bulk_history, fold_tags, tag_samples, tags_i
                        undo_bulk)
 from core.workspace import Workspace
 from real_rows import first_rows
-from test_browser_fixes import (MAP_TRACES, _settle, box_select, no_exception, open_explore,
-                                pick_colour, selected_count, shot)
+from test_browser_fixes import (MAP_TRACES, _settle, box_select, no_exception, on_map,
+                                open_explore, pick_colour, selected_count, shot)
 from test_browser_fixes import browser, server  # noqa: F401 - fixtures for the browser test
-from ui_fixture import REPO, cached_fixture_workspace, private_copy
+from ui_fixture import REPO, cached_fixture_workspace, map_spec, private_copy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COL = "claude_ge_4_5"
@@ -236,7 +236,7 @@ def test_bulk_bar_tags_the_selection_colours_by_it_and_undoes(ui_fixture_ws, tmp
     assert any("Tagged 3 samples as math" in s.value for s in at.success)
     # the tag is a colouring: a legend entry of exactly the tagged points
     at.selectbox(key="explore_colour").set_value("tags.math").run()
-    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    traces = map_spec(at)["data"]
 
     def ids(trace):
         value = trace["customdata"]
@@ -297,7 +297,7 @@ def test_bulk_bar_in_a_browser_tags_a_box_selection_and_undoes(server, browser, 
         tagged = in_force(Workspace.open(root))
         assert len(tagged) == count and set(map(tuple, tagged.values())) == {("picked",)}
         pick_colour(page, "tags.picked")
-        assert "1" in page.evaluate(MAP_TRACES)
+        assert "1" in on_map(page, MAP_TRACES)
         shot(page, "tags-bulk-bar", full_page=True)
         page.get_by_role("button", name="Undo last").click()
         page.wait_for_selector("text=/Undid: tag picked/", timeout=30_000)

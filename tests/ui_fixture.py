@@ -162,3 +162,13 @@ def private_copy(ws: Workspace, root: str | Path) -> Workspace:
 def fixture_ws() -> Workspace:
     """The shared UI fixture workspace (built on first use in a run)."""
     return cached_fixture_workspace()
+
+
+def map_spec(at) -> dict:
+    """The Explore map's figure (``data`` and ``layout``) as an AppTest run sent it to the
+    browser: the ``figure`` bytes of the map component (components/map_widget.py)."""
+    maps = [e for e in at.get("component_instance")
+            if e.proto.component_name.endswith("cherrypick_map")]
+    assert len(maps) == 1, f"{len(maps)} maps on the page"
+    figure = [a.bytes for a in maps[0].proto.special_args if a.key == "figure"]
+    return json.loads(figure[0].decode("utf-8"))
