@@ -61,13 +61,35 @@ PLANS = {
 }
 
 
+def kept_from(previous: str, missing: list[str], render: dict) -> dict:
+    """What the RESULTS.md on disk says about the stages in ``missing`` (not in
+    results.json, which lives in bench/.cache and so is not in a fresh checkout): per stage,
+    its row of the stage table, its section and its rows of the growth table. A partial rerun
+    (``--stages app``) then rewrites only what it measured."""
+    parts = {"## " + p.split("\n", 1)[0]: "## " + p for p in previous.split("\n## ")[1:]}
+    summary = parts.get("## Machine", "").split("\n")
+    growth = parts.get("## Growth", "").split("\n")
+    kept: dict = {}
+    for stage in missing:
+        section = parts.get(render[stage]([])[0])
+        kept[stage] = {
+            "rows": [line for line in summary if line.startswith(f"| {stage} | ")],
+            "section": section.rstrip("\n").split("\n") if section else [],
+            "growth": [line for line in growth if line.startswith(f"| {stage} | ")]}
+    return kept
+
+
 def write_report(results: dict, render: dict) -> None:
-    """Write RESULTS.md from ``results``; ``render`` maps a stage to its section renderer."""
+    """Write RESULTS.md from ``results``; ``render`` maps a stage to its section renderer.
+    Stages ``results`` does not hold keep what the previous RESULTS.md says about them."""
     m = results.get("machine") or {}
     stages = results.get("stages", {})
+    previous = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    kept = kept_from(previous, [s for s in STAGES if s not in stages], render)
     modes = {e.get("mode") for e in stages.values()}
     L: list[str] = ["# Benchmark results", ""]
-    L.append("Written by `bench/run_all.py` from `bench/.cache/results.json`; rerun "
+    L.append("Written by `bench/run_all.py` from `bench/.cache/results.json` (a stage it "
+             "does not hold keeps its figures from the previous RESULTS.md); rerun "
              "`.venv/bin/python bench/run_all.py` (or `--stages ...`) to refresh. Every "
              "figure was measured; ratios compare two things timed in the same child process. "
              "See bench/README.md for what each stage measures.")
@@ -97,9 +119,13 @@ def write_report(results: dict, render: dict) -> None:
                               for r in e["runs"])
             L.append(f"| {s} | {e['mode']} | {e['date']} | {fmt(e.get('wall_s'), 0)} s | "
                      f"{loads} | {e.get('note', '')} |")
+        else:
+            L += kept[s]["rows"]
     L.append("")
     for s in STAGES:
         if s not in stages:
+            if kept[s]["section"]:
+                L += kept[s]["section"] + [""]
             continue
         runs = stages[s]["runs"]
         errors = [r for r in runs if "error" in r]
@@ -107,7 +133,7 @@ def write_report(results: dict, render: dict) -> None:
         for r in errors:
             L.append(f"- N={r['size']:,}: **failed**: {r['error']}")
         L.append("")
-    L += growth_section(stages)
+    L += growth_section(stages, {s: k["growth"] for s, k in kept.items()})
     RESULTS_MD.write_text("\n".join(L) + "\n")
 
 
@@ -267,7 +293,8 @@ def render_app(runs) -> list[str]:
          f"{fmt(r.get('server_peak_rss_mib'), 0)} |" for r in runs])
 
 
-def growth_section(stages: dict) -> list[str]:
+def growth_section(stages: dict, kept: dict | None = None) -> list[str]:
+    """The growth table of ``stages``, with ``kept`` rows (stage → lines) for the others."""
     L = ["## Growth", "",
          "Per stage and series: time at each size, the peak RSS of the child process at that "
          "size, and the log-log slope b of time ∝ N^b (least squares over the sizes; with two "
@@ -279,6 +306,9 @@ def growth_section(stages: dict) -> list[str]:
          "|---|---|---|---|---|---|---|---|"]
     flagged = []
     for s in STAGES:
+        if s not in stages:
+            L += (kept or {}).get(s, [])
+            continue
         runs = [r for r in stages.get(s, {}).get("runs", []) if "error" not in r]
         if len(runs) < 2:
             continue  # one size (e2e): its steps' growth is in the stages above

@@ -10,7 +10,8 @@ child's own (``os.wait4`` rusage ``ru_maxrss``; the end-to-end stage also resets
 ``/proc/self/clear_refs`` before each step to get one peak per step). Each figure is a ratio
 or a per-row cost against a baseline timed in the same child. Results are merged into
 ``bench/.cache/results.json`` (a stage that is not rerun keeps its last figures, with its own
-date and mode), and RESULTS.md is rendered from that file.
+date and mode), and RESULTS.md is rendered from that file; a stage the file does not hold (a
+fresh checkout has no bench/.cache) keeps what the committed RESULTS.md says about it.
 
 This file is the entry: the command line, the child processes and the registries of stages
 (``STAGE_FUNCS``: stage → function of (size, quick) run in the child; ``RENDER``: stage →
