@@ -59,12 +59,17 @@ function postNow(type, fields) {
     }
     return setTimer.call(parent, callback, delay, ...rest);
   };
+  let handed = false;
   try {
     parent.dispatchEvent(new parent.MessageEvent("message", {
       data: message(type, copy), source: window, origin: window.location.origin}));
+    handed = true;
+  } catch (err) {
+    handed = false;  // an event this browser refuses to build: post it instead
   } finally {
     parent.setTimeout = setTimer;
   }
+  if (!handed) post(type, fields);
 }
 
 function selectedIds(points) {
