@@ -139,9 +139,8 @@ WARM_PAINTS = 3  # warm first paints per run (median): one paint varies by a sec
 
 
 def _map_frame(page):
-    """The frame Explore's map draws in (components/map_widget.py)."""
-    page.wait_for_selector(tb.MAP_FRAME, state="attached", timeout=600_000)
-    return page.locator(tb.MAP_FRAME).first.element_handle().content_frame()
+    """The frame Explore's map draws in, with the bench's patience."""
+    return tb.map_frame(page, timeout_ms=600_000)
 
 
 def _paint(browser, url: str, n: int) -> tuple:
@@ -217,13 +216,13 @@ def _measure(browser, url: str, n: int, quick: bool, res: dict) -> None:
     res["explore_points"] = _map_frame(page).evaluate(PLOT_POINTS)
     page.wait_for_function(f"() => {IDLE}", timeout=600_000)  # the server's run is over
     page.close()
-    warm = []
-    for _ in range(1 if quick else WARM_PAINTS):  # a new browser context each (no cache)
+    warm, paints = [], 1 if quick else WARM_PAINTS
+    for i in range(paints):  # a new browser context each (no cache)
         seconds, page = _paint(browser, url, n)
         warm.append(seconds)
         page.wait_for_function(f"() => {IDLE}", timeout=600_000)
-        if len(warm) < (1 if quick else WARM_PAINTS):
-            page.close()
+        if i < paints - 1:
+            page.close()  # the last page stays open for the lassos
     res["explore_warm_paints_s"] = warm
     res["explore_warm_s"] = statistics.median(warm)
     page.wait_for_timeout(500)

@@ -309,7 +309,7 @@ def growth_section(stages: dict, kept: dict | None = None) -> list[str]:
         if s not in stages:
             L += (kept or {}).get(s, [])
             continue
-        runs = [r for r in stages.get(s, {}).get("runs", []) if "error" not in r]
+        runs = [r for r in stages[s]["runs"] if "error" not in r]
         if len(runs) < 2:
             continue  # one size (e2e): its steps' growth is in the stages above
         names = list(dict.fromkeys(k for r in runs for k in r.get("series", {})))

@@ -78,7 +78,7 @@ def selection_ids(value: object) -> list[int]:
 
 def ids_key(ids) -> str:
     """A short key over a list of sample ids (for ``map_widget(reuse=...)``)."""
-    return hashlib.sha1(np.asarray(list(ids), dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
 def map_widget(build: Callable[[], go.Figure], *, key: str,

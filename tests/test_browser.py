@@ -165,6 +165,15 @@ POINT_POSITION = """(sampleId) => {
 }"""
 
 
+def point_on_page(page, sample_id: int) -> dict | None:
+    """Page pixel position of a sample's marker on the Explore map (it draws in a frame)."""
+    where = map_frame(page).evaluate(POINT_POSITION, sample_id)
+    if where is None:
+        return None
+    offset = page.locator(MAP_FRAME).first.bounding_box()
+    return {"x": where["x"] + offset["x"], "y": where["y"] + offset["y"]}
+
+
 def test_map_hover_shows_hostile_text_as_text(server, browser, fixture_ws):
     from ui_fixture import hostile_ids
 
@@ -173,10 +182,8 @@ def test_map_hover_shows_hostile_text_as_text(server, browser, fixture_ws):
         _settle(page)
         frame = map_frame(page)
         page.wait_for_timeout(1000)
-        where = frame.evaluate(POINT_POSITION, hostile_ids(fixture_ws)["script"])
+        where = point_on_page(page, hostile_ids(fixture_ws)["script"])
         assert where is not None
-        offset = page.locator(MAP_FRAME).first.bounding_box()
-        where = {"x": where["x"] + offset["x"], "y": where["y"] + offset["y"]}
         page.mouse.move(where["x"], where["y"])
         frame.wait_for_function(
             "() => Array.from(document.querySelectorAll('.hoverlayer'))"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import (MAP_FRAME, SHOTS, _open, browser, map_frame,  # noqa: F401
-                          streamlit_server)
+from test_browser import SHOTS, _open, browser, map_frame, streamlit_server  # noqa: F401
 from test_browser import _settle as _settle_once
 from ui_fixture import fixture_ws, private_copy  # noqa: F401
 
@@ -165,16 +164,14 @@ def test_clicking_a_table_cell_opens_the_row_and_rings_it_on_the_map(server, bro
 
 
 def test_clicking_a_point_selects_it_alone(server, browser, home):
-    from test_browser import POINT_POSITION
+    from test_browser import point_on_page
     from ui_fixture import hostile_ids
 
     target = hostile_ids(Workspace.open(home / "fixture"))["markdown"]
     page, dialogs = open_explore(browser, server)
     try:
-        frame = map_frame(page)
-        where = frame.evaluate(POINT_POSITION, target)
-        offset = page.locator(MAP_FRAME).first.bounding_box()
-        page.mouse.click(where["x"] + offset["x"], where["y"] + offset["y"])
+        where = point_on_page(page, target)
+        page.mouse.click(where["x"], where["y"])
         page.wait_for_selector("text=/Clear selection/", timeout=30_000)
         _settle(page)
         assert selected_count(page) == 1
