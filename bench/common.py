@@ -76,15 +76,23 @@ def reset_peak() -> bool:
         return False
 
 
+def cpu_label(m: dict) -> str:
+    """The CPU a stage ran on, as its RESULTS.md row names it: model, and whether it has
+    AMX tiles (bf16 matrix products several times faster; bench/README.md)."""
+    amx = m.get("amx")
+    return f"{m.get('cpu')}{'' if amx is None else (', AMX' if amx else ', no AMX')}"
+
+
 def machine() -> dict:
     from importlib import metadata
 
-    cpu = "unknown"
+    cpu, amx = "unknown", None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and amx is None:
+                amx = "amx_bf16" in line.split(":", 1)[1].split()
     except OSError:
         cpu = platform.processor() or "unknown"
     ram = None
@@ -106,7 +114,7 @@ def machine() -> dict:
                                   text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         chromium = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu, "amx": amx, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "ram_gib": ram, "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions, "chromium": chromium}
 

@@ -1,7 +1,10 @@
 """Where IFD's time goes: torch.profiler over the batched engine on real Alpaca rows, the ops'
 self CPU time grouped into the parts bench/README.md's breakdown table names.
 
-    .venv/bin/python bench/profile_ifd.py [--rows 200] [--dtype bfloat16|float32]
+    .venv/bin/python bench/profile_ifd.py [--rows 200] [--dtype bfloat16|float32] [--threads 1]
+
+The engine runs in this process (``workers=1``: a profiler does not see worker processes);
+``--threads 1`` profiles what one worker of core/lm/pool.py runs.
 
 Run it on a quiet machine; the shares, not the seconds, are the result.
 """
@@ -43,6 +46,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = ap.parse_args()
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -51,7 +55,7 @@ def main() -> int:
     from core.scores.ifd import ifd_scores
 
     rows = load_rows(args.rows)
-    lm = load_causal_lm(None, dtype=args.dtype)
+    lm = load_causal_lm(None, dtype=args.dtype, workers=1, threads=args.threads)
     cols = ([r["instruction"] for r in rows], [r["input"] for r in rows],
             [r["output"] for r in rows])
     ifd_scores(lm, *(c[:8] for c in cols))  # warm-up

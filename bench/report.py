@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import MEMORY_TARGET_GIB, POOL_ROWS, RESULTS_MD, STAGES
+from common import MEMORY_TARGET_GIB, POOL_ROWS, RESULTS_MD, STAGES, cpu_label
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -67,7 +67,7 @@ def kept_from(previous: str, missing: list[str], render: dict) -> dict:
     its row of the stage table, its section and its rows of the growth table. A partial rerun
     (``--stages app``) then rewrites only what it measured."""
     parts = {"## " + p.split("\n", 1)[0]: "## " + p for p in previous.split("\n## ")[1:]}
-    summary = parts.get("## Machine", "").split("\n")
+    summary = next((v for k, v in parts.items() if k.startswith("## Machine")), "").split("\n")
     growth = parts.get("## Growth", "").split("\n")
     kept: dict = {}
     for stage in missing:
@@ -100,8 +100,8 @@ def write_report(results: dict, render: dict) -> None:
                  "the ratios. The full run replaces these figures.")
         L.append("")
     v = m.get("versions", {})
-    L += ["## Machine", "",
-          f"- CPU: {m.get('cpu')}, {m.get('cores')} logical cores "
+    L += ["## Machine (of the last run; each stage's CPU is in its row)", "",
+          f"- CPU: {cpu_label(m)}, {m.get('cores')} logical cores "
           f"({m.get('usable_cores')} usable)",
           f"- RAM: {fmt(m.get('ram_gib'), 1)} GiB",
           f"- Python {m.get('python')}, torch {v.get('torch')}, faiss-cpu {v.get('faiss-cpu')}, "
@@ -110,17 +110,18 @@ def write_report(results: dict, render: dict) -> None:
           f"pandas {v.get('pandas')}, streamlit {v.get('streamlit')}, "
           f"playwright {v.get('playwright')}, {m.get('chromium')}",
           f"- {m.get('platform')}", ""]
-    L += ["| stage | mode | date | wall | load avg (1 min) before → after, per size | note |",
-          "|---|---|---|---|---|---|"]
+    L += ["| stage | CPU | mode | date | wall | load avg (1 min) before → after, per size "
+          "| note |", "|---|---|---|---|---|---|---|"]
     for s in STAGES:
         if s in stages:
             e = stages[s]
             loads = ", ".join(f"{r.get('load_before', 0):.1f}→{r.get('load_after', 0):.1f}"
                               for r in e["runs"])
-            L.append(f"| {s} | {e['mode']} | {e['date']} | {fmt(e.get('wall_s'), 0)} s | "
-                     f"{loads} | {e.get('note', '')} |")
-        else:
-            L += kept[s]["rows"]
+            L.append(f"| {s} | {e.get('cpu', '–')} | {e['mode']} | {e['date']} | "
+                     f"{fmt(e.get('wall_s'), 0)} s | {loads} | {e.get('note', '')} |")
+        else:  # a row of an older RESULTS.md, before the CPU column: its CPU is not known
+            L += [r if r.count("|") >= 8 else r.replace(f"| {s} | ", f"| {s} | – | ", 1)
+                  for r in kept[s]["rows"]]
     L.append("")
     for s in STAGES:
         if s not in stages:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from app import stage_app
-from common import (CACHE, RESULTS_JSON, RESULTS_MD, ROOT, SIZES, STAGES, jsonable,
+from common import (CACHE, RESULTS_JSON, RESULTS_MD, ROOT, SIZES, STAGES, cpu_label, jsonable,
                     load_results, machine, now, proc_status, save_results)
 from demo_build import render as render_demo, stage_demo
 from e2e import stage_e2e
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                 sizes = ([int(v) for v in args.sizes.split(",")] if args.sizes
                          else SIZES[stage][0 if args.quick else 1])
                 entry = {"mode": "quick" if args.quick else "full", "date": now(),
-                         "note": args.note, "runs": []}
+                         "cpu": cpu_label(results["machine"]), "note": args.note, "runs": []}
                 stage_start = time.perf_counter()
                 for n in sizes:
                     entry["runs"].append(run_child(stage, n, args.quick, log))

@@ -20,7 +20,8 @@ def _render(stage: str):
 def _entry(date: str, *sizes: int) -> dict:
     runs = [{"size": n, "load_before": 0.5, "load_after": 1.0, "peak_rss_mib": n / 10,
              "series": {"paint": n / 1000}} for n in sizes]
-    return {"mode": "full", "date": date, "wall_s": 9.0, "note": f"run of {date}", "runs": runs}
+    return {"mode": "full", "date": date, "cpu": f"CPU of {date}", "wall_s": 9.0,
+            "note": f"run of {date}", "runs": runs}
 
 
 def test_a_partial_rerun_keeps_the_other_stages(tmp_path, monkeypatch):
@@ -34,8 +35,9 @@ def test_a_partial_rerun_keeps_the_other_stages(tmp_path, monkeypatch):
     report.write_report({"stages": {"app": _entry("day 2", 200)}}, render)  # fresh checkout
     text = (tmp_path / "RESULTS.md").read_text()
     lines = text.splitlines()
-    assert "| app | full | day 2 |" in text and "day 1 | 9 s | 0.5→1.0, 0.5→1.0 | run of day 1" \
-        in next(line for line in lines if line.startswith("| ray | full"))
+    assert "| app | CPU of day 2 | full | day 2 |" in text
+    assert "| ray | CPU of day 1 | full | day 1 | 9 s | 0.5→1.0, 0.5→1.0 | run of day 1 |" \
+        in lines
     assert "app: 1 runs, 200" in text and "app: 2 runs" not in text
     assert "## Section of ray" in text and "ray: 2 runs, 32, 96" in text
     assert [line for line in lines if line.startswith("| ray | paint |")] == \
@@ -45,3 +47,16 @@ def test_a_partial_rerun_keeps_the_other_stages(tmp_path, monkeypatch):
 
     report.write_report({"stages": {"app": _entry("day 3", 200)}}, render)  # and again
     assert (tmp_path / "RESULTS.md").read_text().replace("day 3", "day 2") == text
+
+
+def test_a_kept_row_from_before_the_cpu_column_says_its_cpu_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_MD", tmp_path / "RESULTS.md")
+    render = {s: _render(s) for s in report.STAGES}
+    report.write_report({"stages": {"app": _entry("day 1", 5), "ray": _entry("day 1", 3)}},
+                        render)
+    old = (tmp_path / "RESULTS.md").read_text().replace("| ray | CPU of day 1 | ", "| ray | ")
+    (tmp_path / "RESULTS.md").write_text(old)  # as an older RESULTS.md wrote it
+    report.write_report({"stages": {"app": _entry("day 2", 5)}}, render)
+    rows = [r for r in (tmp_path / "RESULTS.md").read_text().splitlines()
+            if r.startswith("| ray | ")]
+    assert rows[0].startswith("| ray | – | full | day 1 |") and rows[0].count("|") == 8

