@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pytest
 from scipy.spatial.distance import cdist
 
 from test_presets import demo_ws, text_vectors  # noqa: F401

@@ -14,7 +14,6 @@ import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ from ui_fixture import REPO, fixture_ws  # noqa: F401
 from core.cli import main
 from core.io import import_to_workspace
 from core.select import (Context, Recipe, facility_location, load_selection, named_ranking,
-                         run_selection, save_selection, score_table, with_ranking)
+                         run_selection, score_table, with_ranking)
 from core.select.recipe import make_recipe
 from core.workspace import Workspace
 
