@@ -86,15 +86,10 @@ def cpu_label(m: dict) -> str:
 def machine() -> dict:
     from importlib import metadata
 
-    cpu, amx = "unknown", None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and amx is None:
-                amx = "amx_bf16" in line.split(":", 1)[1].split()
-    except OSError:
-        cpu = platform.processor() or "unknown"
+    from roofline import cpu_info  # the model name and the flags that decide bf16 speed
+
+    info = cpu_info()
+    cpu, amx = info["cpu"], "amx_bf16" in info["flags"]
     ram = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -207,7 +207,8 @@ def compare(n_rows: int = 200, template: str = "none", max_length: int = 512,
         lm = load_causal_lm(dtype=dtype)  # the default: workers="auto"
         if lm.workers > 1:
             engine(lm, f"{label}, {lm.workers} worker processes")
-            lm.pool and lm.pool.close()
+            if lm.pool is not None:
+                lm.pool.close()
         if lm.workers == 1 or one_process:
             engine(lm_here, f"{label}, one process, {torch.get_num_threads()} threads")
         return lm

@@ -22,7 +22,7 @@ import pytest
 
 from core.lm import load_causal_lm, plan_batches, sequence_losses
 from core.lm import pool as lm_pool
-from core.lm.losses import batch_losses
+from core.lm.losses import _torch_threads, batch_losses
 from core.scores import ifd
 
 import lm_reference as ref
@@ -54,14 +54,9 @@ def _columns(rows):
 
 @contextlib.contextmanager
 def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """An LM without workers, used on one thread (the thread count restored after)."""
+    with _torch_threads(1):
         yield load_causal_lm(dtype="float32", workers=1)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _alive(pid: int) -> bool:
